@@ -1,0 +1,148 @@
+"""Model packages: a folder with config.json, one safetensors file per net, checksums and a model card.
+
+Only JSON and safetensors are read, so loading a package never executes or unpickles
+anything from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import ModelPackageError
+from .models import ScreenerModel
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+CHECKSUM_FILE = "checksums.json"
+WEIGHT_FILES = {"descriptor": "descriptor.safetensors", "condition": "condition.safetensors",
+                "density": "density.safetensors"}
+BUNDLED_MODELS_DIR = Path(__file__).parent / "bundled_models"
+DEFAULT_MODEL_NAME = "screener-ct-small"
+
+
+@dataclass
+class LoadedModel:
+    """A model package in memory: its config, the model in eval mode, and where it came from."""
+
+    config: ModelConfig
+    model: ScreenerModel
+    folder: Path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_files(config: ModelConfig) -> list[str]:
+    """Return the file names a package with `config` must contain, config.json first."""
+    names = [CONFIG_FILE, WEIGHT_FILES["descriptor"], WEIGHT_FILES["density"]]
+    if config.condition.kind == "masked":
+        names.insert(2, WEIGHT_FILES["condition"])
+    return names
+
+
+def read_config(folder: Path) -> ModelConfig:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ModelPackageError(f"Model folder '{folder}' has no {CONFIG_FILE}. A model package needs "
+                                f"{CONFIG_FILE} and its .safetensors files; re-export or re-download it.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelPackageError(f"'{path}' is not valid JSON ({error}). Re-download or re-export the model.") from error
+    return ModelConfig.from_dict(data)
+
+
+def verify_checksums(folder: Path, expected: dict[str, str]) -> None:
+    """Raise ModelPackageError unless every file in `expected` exists and has the given SHA-256."""
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelPackageError(f"Model file '{path}' is missing. Re-download or re-export the model.")
+        actual = sha256_of(path)
+        if actual != digest.lower():
+            raise ModelPackageError(f"Model file '{path}' has SHA-256 {actual}, expected {digest}. The file is "
+                                    "corrupted or was changed; delete it and download the model again.")
+
+
+def load_model_package(folder: str | os.PathLike, device: str | torch.device = "cpu",
+                       expected_sha256: dict[str, str] | None = None) -> LoadedModel:
+    """Load a model package folder onto `device` in eval mode.
+
+    Checks each file against `expected_sha256` (file name to hex digest) when given, else
+    against the folder's checksums.json when present.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelPackageError(f"Model folder '{folder}' not found.")
+
+    if expected_sha256 is None and (folder / CHECKSUM_FILE).is_file():
+        expected_sha256 = json.loads((folder / CHECKSUM_FILE).read_text(encoding="utf-8"))
+    if expected_sha256:
+        verify_checksums(folder, expected_sha256)
+
+    config = read_config(folder)
+    model = ScreenerModel(config)
+    parts = {"descriptor": model.descriptor, "density": model.density}
+    if model.condition is not None:
+        parts["condition"] = model.condition
+
+    for part, module in parts.items():
+        path = folder / WEIGHT_FILES[part]
+        if not path.is_file():
+            raise ModelPackageError(f"Model file '{path}' is missing; the config needs {part} weights. "
+                                    "Re-download or re-export the model.")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise ModelPackageError(f"Cannot read '{path}' as safetensors ({error}). Re-download the model.") from error
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ModelPackageError(f"Weights in '{path}' do not match the architecture in {CONFIG_FILE}: "
+                                    f"{error}") from error
+
+    model.to(device).eval()
+    logger.info("Loaded model '%s' from %s", config.name, folder)
+    return LoadedModel(config=config, model=model, folder=folder)
+
+
+def save_model_package(model: ScreenerModel, folder: str | os.PathLike, model_card: str | None = None) -> Path:
+    """Write `model` as a package: config.json, safetensors weights, checksums.json and README.md."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    parts = {"descriptor": model.descriptor, "density": model.density}
+    if model.condition is not None:
+        parts["condition"] = model.condition
+    for part, module in parts.items():
+        state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+        save_file(state, str(folder / WEIGHT_FILES[part]), metadata={"screener_part": part})
+
+    if model_card is not None:
+        (folder / "README.md").write_text(model_card, encoding="utf-8")
+
+    checksums = {name: sha256_of(folder / name) for name in package_files(config)}
+    (folder / CHECKSUM_FILE).write_text(json.dumps(checksums, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def bundled_model_folder(name: str = DEFAULT_MODEL_NAME) -> Path:
+    return BUNDLED_MODELS_DIR / name

@@ -1,0 +1,119 @@
+"""The one job behind every front end: CT image in, anomaly map on the input grid out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .calibration import Calibration
+from .device import resolve_device
+from .errors import OperationCancelled
+from .package import LoadedModel
+from .preprocessing import ModelGridVolume, hu_to_intensity, to_input_grid, to_model_grid
+from .sliding_window import CancelFlag, sliding_window_scores
+
+logger = logging.getLogger(__name__)
+
+# progress(stage, fraction of that stage done in [0, 1]); stages: preprocess, inference, resample.
+StageProgress = Callable[[str, float], None]
+
+
+@dataclass
+class AnomalyMapResult:
+    """An anomaly map and what is needed to threshold and display it."""
+
+    # Scores (-log q in nats) on the input image's grid: size, origin, spacing and direction.
+    anomaly_map: sitk.Image
+    # Scores on the model grid, in (z, y, x) order, before resampling.
+    model_grid_map: np.ndarray
+    model_grid: ModelGridVolume
+    # The score given to voxels outside the body.
+    floor: float
+    calibration: Calibration | None
+    device: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def compute_anomaly_map(
+    image: sitk.Image,
+    loaded: LoadedModel,
+    device: str = "auto",
+    batch_size: int = 4,
+    progress: StageProgress | None = None,
+    cancel: CancelFlag | None = None,
+    name: str = "input",
+    allow_non_hu: bool = False,
+) -> AnomalyMapResult:
+    """Compute the voxel-wise anomaly map of a CT image in HU.
+
+    Args:
+        image: 3D CT in Hounsfield units with any orientation; not modified.
+        loaded: a model package from load_model_package.
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+        batch_size: patches per network call.
+        progress: called as progress(stage, fraction) while the job runs.
+        cancel: checked between batches; when set, OperationCancelled is raised.
+        name: how the input is named in logs and errors (usually its path).
+        allow_non_hu: run even when the values do not look like HU.
+
+    Returns:
+        AnomalyMapResult whose anomaly_map has exactly the input's geometry. Voxels
+        outside the body get the floor score: the lowest calibration quantile, or the
+        lowest in-body score when the model has no calibration.
+    """
+    timings = {}
+    report = progress or (lambda stage, fraction: None)
+    torch_device = resolve_device(device)
+    config = loaded.config.preprocessing
+    calibration = Calibration.from_config(loaded.config.calibration)
+
+    # Step 1: resample onto the model grid, map HU to intensity, find the body.
+    started = time.perf_counter()
+    report("preprocess", 0.0)
+    grid = to_model_grid(image, config, name=name, allow_non_hu=allow_non_hu)
+    timings["preprocess"] = time.perf_counter() - started
+    report("preprocess", 1.0)
+    if cancel is not None and cancel.is_set():
+        raise OperationCancelled("Cancelled after preprocessing.")
+
+    # Step 2: score overlapping patches and blend them.
+    started = time.perf_counter()
+    model = loaded.model.to(torch_device).eval()
+    origin = torch.tensor(grid.reference.GetOrigin(), dtype=torch.float32, device=torch_device)
+    spacing = torch.tensor(grid.reference.GetSpacing(), dtype=torch.float32, device=torch_device)
+
+    def predictor(patches: torch.Tensor, starts_zyx: torch.Tensor) -> torch.Tensor:
+        # Patch origins in mm: (x, y, z) = grid origin + start index (reversed to x, y, z) * spacing.
+        origin_mm = origin + starts_zyx.flip(-1).to(torch.float32) * spacing
+        return model(patches, origin_mm)
+
+    air_intensity = float(hu_to_intensity(np.array([-1024.0]), config)[0])
+    scores = sliding_window_scores(
+        grid.intensity, predictor, config.patch_size, overlap=config.overlap, batch_size=batch_size,
+        device=torch_device, pad_value=air_intensity,
+        progress=lambda done, total: report("inference", done / total), cancel=cancel,
+    )
+    timings["inference"] = time.perf_counter() - started
+
+    # Step 3: floor outside the body, then resample onto the input grid.
+    started = time.perf_counter()
+    if calibration is not None:
+        floor = calibration.floor
+    elif grid.body_mask.any():
+        floor = float(scores[grid.body_mask].min())
+    else:
+        floor = float(scores.min())
+    scores = np.where(grid.body_mask, np.maximum(scores, floor), floor).astype(np.float32)
+    anomaly_map = to_input_grid(scores, grid.reference, image, default_value=floor)
+    timings["resample"] = time.perf_counter() - started
+    report("resample", 1.0)
+    logger.info("Anomaly map of %s computed on %s in %.1f s", name, torch_device, sum(timings.values()))
+
+    return AnomalyMapResult(anomaly_map=anomaly_map, model_grid_map=scores, model_grid=grid, floor=floor,
+                            calibration=calibration, device=str(torch_device), timings_s=timings)

@@ -1,0 +1,1 @@
+"""Headless training of Screener's descriptor, condition and density models."""
