@@ -1,0 +1,123 @@
+"""`screener predict`: anomaly map, preview and findings of one CT file or DICOM folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..calibration import Calibration
+from ..device import resolve_device
+from ..errors import ScreenerError
+from ..findings import find_findings, write_findings
+from ..io import read_ct, write_image
+from ..pipeline import compute_anomaly_map
+from ..preview import write_preview
+from ..registry import load_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP_PERCENT = 0.5
+
+
+class JsonLinesReporter:
+    """Writes one JSON object per line to stdout, for programs (such as the Slicer module) that run the CLI."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+
+    def emit(self, event: str, **fields) -> None:
+        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+        self.stream.flush()
+
+    def progress(self, stage: str, fraction: float) -> None:
+        self.emit("progress", stage=stage, fraction=round(float(fraction), 4))
+
+
+class BarReporter:
+    """Shows a tqdm progress bar on stderr for the inference stage."""
+
+    def __init__(self):
+        self.bar = None
+
+    def progress(self, stage: str, fraction: float) -> None:
+        if stage == "inference":
+            if self.bar is None:
+                self.bar = tqdm(total=100, desc="scoring patches", unit="%", file=sys.stderr)
+            self.bar.n = round(100 * fraction)
+            self.bar.refresh()
+        elif stage == "resample" and self.bar is not None:
+            self.bar.close()
+
+    def emit(self, event: str, **fields) -> None:
+        pass
+
+
+def score_threshold(args: argparse.Namespace, calibration: Calibration | None, floor: float) -> float:
+    """Turn --threshold (top % of normal tissue) or --threshold-score into a score threshold."""
+    if args.threshold_score is not None:
+        return args.threshold_score
+    if calibration is None:
+        raise ScreenerError("This model has no score calibration, so --threshold cannot be used; "
+                            "pass --threshold-score with a raw score instead.")
+    return calibration.score_for_top_percent(args.threshold)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    reporter = JsonLinesReporter() if args.progress == "jsonl" else BarReporter()
+    if args.progress == "none":
+        reporter.progress = lambda stage, fraction: None
+
+    output = Path(args.output)
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device=device)
+    image = read_ct(args.input, series_uid=args.series)
+    result = compute_anomaly_map(image, loaded, device=str(device), batch_size=args.batch_size,
+                                 progress=reporter.progress, name=str(args.input), allow_non_hu=args.allow_non_hu)
+    write_image(result.anomaly_map, output)
+    outputs = {"map": str(output)}
+
+    threshold = score_threshold(args, result.calibration, result.floor)
+    findings = find_findings(result.anomaly_map, threshold, result.calibration, min_volume_ml=args.min_volume_ml)
+    if args.findings:
+        outputs["findings"] = str(write_findings(findings, args.findings))
+    if args.preview:
+        centre = findings[0].peak_lps if findings else None
+        outputs["preview"] = str(write_preview(image, result.anomaly_map, threshold, args.preview, centre))
+
+    reporter.emit("done", outputs=outputs, threshold=threshold, findings=len(findings), device=result.device,
+                  seconds=round(sum(result.timings_s.values()), 2))
+    if args.progress != "jsonl":
+        print(f"Wrote {', '.join(outputs.values())}; {len(findings)} findings above score {threshold:.2f}",
+              file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="compute the anomaly map of one CT",
+                                   description="Compute the anomaly map of a CT file or DICOM folder.")
+    parser.add_argument("input", help="CT file (.nii, .nii.gz, .nrrd, .mha) or folder with one DICOM series")
+    parser.add_argument("-o", "--output", required=True,
+                        help="anomaly map file; .nii.gz, .nii, .nrrd or .mha sets the format")
+    parser.add_argument("--model", default=None,
+                        help="model name or package folder (default: the bundled model)")
+    parser.add_argument("--series", default=None, help="DICOM series instance UID, for folders with several series")
+    parser.add_argument("--preview", default=None, help="write a PNG with axial, coronal and sagittal slices")
+    parser.add_argument("--findings", default=None, help="write findings as .csv or .json")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_TOP_PERCENT,
+                        help="findings are regions in the top THRESHOLD %% of normal-tissue scores "
+                             f"(from the model's calibration; default {DEFAULT_TOP_PERCENT})")
+    parser.add_argument("--threshold-score", type=float, default=None,
+                        help="raw score threshold in nats; overrides --threshold")
+    parser.add_argument("--min-volume-ml", type=float, default=0.0, help="drop findings smaller than this, in ml")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=2, help="patches per network call (default 2)")
+    parser.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar",
+                        help="progress as a bar on stderr, JSON lines on stdout, or none")
+    parser.add_argument("--allow-non-hu", action="store_true",
+                        help="run even when the values do not look like Hounsfield units")
+    parser.set_defaults(handler=run_predict)
