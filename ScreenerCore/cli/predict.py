@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from ..calibration import Calibration
 from ..device import resolve_device
-from ..errors import ScreenerError
+from ..errors import InputError, ScreenerError
 from ..findings import find_findings, write_findings
-from ..io import read_ct, write_image
+from ..io import OUTPUT_SUFFIXES, has_suffix, read_ct, write_image
 from ..pipeline import compute_anomaly_map
 from ..preview import write_preview
 from ..registry import load_model
@@ -72,10 +72,13 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.progress == "none":
         reporter.progress = lambda stage, fraction: None
 
+    # Check cheap things first, so a typo fails in a second rather than after inference.
     output = Path(args.output)
+    if not has_suffix(output, OUTPUT_SUFFIXES):
+        raise InputError(f"Output '{output}' has an unsupported suffix; use one of {', '.join(OUTPUT_SUFFIXES)}.")
     device = resolve_device(args.device)
-    loaded = load_model(args.model, device=device)
     image = read_ct(args.input, series_uid=args.series)
+    loaded = load_model(args.model, device=device)
     result = compute_anomaly_map(image, loaded, device=str(device), batch_size=args.batch_size,
                                  progress=reporter.progress, name=str(args.input), allow_non_hu=args.allow_non_hu)
     write_image(result.anomaly_map, output)
