@@ -15,7 +15,7 @@ DENSITY_KINDS = ("gaussian", "flow")
 
 @dataclass
 class PreprocessingConfig:
-    """How a CT is brought onto the model's grid and intensity scale."""
+    """Settings that bring a CT onto the model grid and intensity scale."""
 
     # Voxel spacing of the model grid in mm, in (x, y, z) order as in ITK.
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -43,13 +43,13 @@ class NetConfig:
 
 @dataclass
 class ConditionConfig:
-    """Where the density's condition comes from: nothing, sin-cos position, or a masked-context net."""
+    """Source of the density's condition: none, sin-cos position, or a masked-context net."""
 
     kind: str = "masked"
     net: NetConfig | None = None
     # Number of sin-cos frequencies per axis for kind "sincos"; the feature size is 6 * frequencies.
     frequencies: int = 8
-    # Longest wavelength of the sin-cos encoding in mm.
+    # Maximum wavelength of the sin-cos encoding in mm.
     max_wavelength_mm: float = 1000.0
 
     @property
