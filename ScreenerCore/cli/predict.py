@@ -92,8 +92,14 @@ def run_predict(args: argparse.Namespace) -> int:
         centre = findings[0].peak_lps if findings else None
         outputs["preview"] = str(write_preview(image, result.anomaly_map, threshold, args.preview, centre))
 
+    # The model's name, floor and calibration let a caller (the Slicer module) re-threshold the map
+    # as "top p % of normal tissue" without loading the model package itself.
+    calibration = None
+    if result.calibration is not None:
+        calibration = {"levels": result.calibration.levels.tolist(), "scores": result.calibration.scores.tolist()}
     reporter.emit("done", outputs=outputs, threshold=threshold, findings=len(findings), device=result.device,
-                  seconds=round(sum(result.timings_s.values()), 2))
+                  seconds=round(sum(result.timings_s.values()), 2), model=loaded.config.name,
+                  floor=result.floor, calibration=calibration)
     if args.progress != "jsonl":
         print(f"Wrote {', '.join(outputs.values())}; {len(findings)} findings above score {threshold:.2f}",
               file=sys.stderr)
