@@ -8,11 +8,11 @@ import sys
 
 from .. import __version__
 from ..errors import ScreenerError
-from . import predict
+from . import evaluate, predict
 from .predict import JsonLinesReporter
 
 # Modules whose register(subparsers) adds a subcommand; each sets `handler` in its defaults.
-SUBCOMMANDS = [predict]
+SUBCOMMANDS = [predict, evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
