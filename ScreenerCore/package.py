@@ -27,6 +27,11 @@ CONFIG_FILE = "config.json"
 CHECKSUM_FILE = "checksums.json"
 WEIGHT_FILES = {"descriptor": "descriptor.safetensors", "condition": "condition.safetensors",
                 "density": "density.safetensors"}
+MODEL_CARD_FILE = "README.md"
+# Suffixes a package may contain. Weights must be safetensors because the pickle-based formats
+# (.bin, .pt, .pth, .ckpt, .pkl) can run arbitrary code when they are loaded.
+ALLOWED_SUFFIXES = (".safetensors", ".json", ".md")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
 BUNDLED_MODELS_DIR = Path(__file__).parent / "bundled_models"
 DEFAULT_MODEL_NAME = "screener-ct-small"
 
@@ -38,6 +43,16 @@ class LoadedModel:
     config: ModelConfig
     model: ScreenerModel
     folder: Path
+
+
+class ChecksumMismatchError(ModelPackageError):
+    """A package file whose SHA-256 differs from the expected digest."""
+
+    def __init__(self, message: str, path: Path, expected: str, actual: str):
+        super().__init__(message)
+        self.path = path
+        self.expected = expected
+        self.actual = actual
 
 
 def sha256_of(path: Path) -> str:
@@ -68,16 +83,73 @@ def read_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_dict(data)
 
 
-def verify_checksums(folder: Path, expected: dict[str, str]) -> None:
-    """Raise ModelPackageError unless every file in `expected` exists and has the given SHA-256."""
+def check_package_file_name(name: str, source: str) -> None:
+    """Raise ModelPackageError unless `name` is a plain relative file name of an allowed kind.
+
+    `source` names where the file list came from (a registry entry, a checksums.json), for the message.
+    """
+    if not isinstance(name, str) or not name:
+        raise ModelPackageError(f"{source} lists an empty or non-string file name: {name!r}.")
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
+        raise ModelPackageError(f"{source} lists the file name '{name}', which is not a plain relative path. "
+                                "File names in a model package must stay inside the package folder.")
+    lower = name.lower()
+    if lower.endswith(PICKLE_SUFFIXES):
+        raise ModelPackageError(f"{source} lists '{name}', a pickle-based file. Screener loads only safetensors "
+                                "and JSON because unpickling can run arbitrary code; convert the weights to "
+                                "safetensors and export the package again.")
+    if not lower.endswith(ALLOWED_SUFFIXES):
+        raise ModelPackageError(f"{source} lists '{name}'; a model package may contain only "
+                                f"{', '.join(ALLOWED_SUFFIXES)} files.")
+
+
+def check_sha256_digest(digest: str, name: str, source: str) -> str:
+    """Return `digest` in lower case, or raise ModelPackageError unless it is 64 hexadecimal digits."""
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise ModelPackageError(f"{source} gives '{name}' the SHA-256 {digest!r}; expected 64 hexadecimal digits.")
+    return digest.lower()
+
+
+def read_checksums(folder: Path) -> dict[str, str]:
+    """Read and validate the folder's checksums.json: file name to lower-case SHA-256."""
+    path = folder / CHECKSUM_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelPackageError(f"'{path}' is not valid JSON ({error}). Re-download or re-export the model.") from error
+    if not isinstance(data, dict) or not data:
+        raise ModelPackageError(f"'{path}' must be a JSON object of file name to SHA-256. Re-export the model.")
+    checksums = {}
+    for name, digest in data.items():
+        check_package_file_name(name, str(path))
+        checksums[name] = check_sha256_digest(digest, name, str(path))
+    return checksums
+
+
+def find_checksum_mismatches(folder: Path, expected: dict[str, str]) -> list[ChecksumMismatchError]:
+    """Return one error per file in `expected` whose SHA-256 differs; raise ModelPackageError if one is missing."""
+    mismatches = []
     for name, digest in expected.items():
         path = folder / name
         if not path.is_file():
             raise ModelPackageError(f"Model file '{path}' is missing. Re-download or re-export the model.")
         actual = sha256_of(path)
         if actual != digest.lower():
-            raise ModelPackageError(f"Model file '{path}' has SHA-256 {actual}, expected {digest}. The file is "
-                                    "corrupted or was changed; delete it and download the model again.")
+            message = (f"Model file '{path}' has SHA-256 {actual}, expected {digest}. The file is corrupted or "
+                       "was changed; delete it and download or export the model again.")
+            mismatches.append(ChecksumMismatchError(message, path=path, expected=digest.lower(), actual=actual))
+    return mismatches
+
+
+def verify_checksums(folder: Path, expected: dict[str, str]) -> None:
+    """Raise ModelPackageError unless every file in `expected` exists and has the given SHA-256.
+
+    A file with the wrong digest raises ChecksumMismatchError, which names the file.
+    """
+    mismatches = find_checksum_mismatches(folder, expected)
+    if mismatches:
+        raise mismatches[0]
 
 
 def load_model_package(folder: str | os.PathLike, device: str | torch.device = "cpu",
@@ -92,7 +164,7 @@ def load_model_package(folder: str | os.PathLike, device: str | torch.device = "
         raise ModelPackageError(f"Model folder '{folder}' not found.")
 
     if expected_sha256 is None and (folder / CHECKSUM_FILE).is_file():
-        expected_sha256 = json.loads((folder / CHECKSUM_FILE).read_text(encoding="utf-8"))
+        expected_sha256 = read_checksums(folder)
     if expected_sha256:
         verify_checksums(folder, expected_sha256)
 

@@ -8,11 +8,11 @@ import sys
 
 from .. import __version__
 from ..errors import ScreenerError
-from . import evaluate, predict
+from . import evaluate, models, predict
 from .predict import JsonLinesReporter
 
 # Modules whose register(subparsers) adds a subcommand; each sets `handler` in its defaults.
-SUBCOMMANDS = [predict, evaluate]
+SUBCOMMANDS = [predict, evaluate, models]
 
 
 def build_parser() -> argparse.ArgumentParser:
