@@ -14,6 +14,7 @@ import torch
 from .calibration import Calibration
 from .device import resolve_device
 from .errors import OperationCancelled
+from .fallback import check_device_runs_model, run_with_fallback
 from .package import LoadedModel
 from .preprocessing import ModelGridVolume, hu_to_intensity, to_input_grid, to_model_grid
 from .sliding_window import CancelFlag, sliding_window_scores
@@ -82,23 +83,30 @@ def compute_anomaly_map(
     if cancel is not None and cancel.is_set():
         raise OperationCancelled("Cancelled after preprocessing.")
 
-    # Step 2: score overlapping patches and blend them.
+    # Step 2: score overlapping patches and blend them. A device that cannot run the model, or
+    # runs out of memory, falls back to a smaller batch and then the CPU (see fallback.py).
     started = time.perf_counter()
-    model = loaded.model.to(torch_device).eval()
-    origin = torch.tensor(grid.reference.GetOrigin(), dtype=torch.float32, device=torch_device)
-    spacing = torch.tensor(grid.reference.GetSpacing(), dtype=torch.float32, device=torch_device)
-
-    def predictor(patches: torch.Tensor, starts_zyx: torch.Tensor) -> torch.Tensor:
-        # Patch origins in mm: (x, y, z) = grid origin + start index (reversed to x, y, z) * spacing.
-        origin_mm = origin + starts_zyx.flip(-1).to(torch.float32) * spacing
-        return model(patches, origin_mm)
-
+    model = loaded.model.eval()
+    torch_device = check_device_runs_model(model, torch_device, config.patch_size)
     air_intensity = float(hu_to_intensity(np.array([-1024.0]), config)[0])
-    scores = sliding_window_scores(
-        grid.intensity, predictor, config.patch_size, overlap=config.overlap, batch_size=batch_size,
-        device=torch_device, pad_value=air_intensity,
-        progress=lambda done, total: report("inference", done / total), cancel=cancel,
-    )
+
+    def score_patches(run_device: torch.device, run_batch_size: int) -> np.ndarray:
+        model.to(run_device)
+        origin = torch.tensor(grid.reference.GetOrigin(), dtype=torch.float32, device=run_device)
+        spacing = torch.tensor(grid.reference.GetSpacing(), dtype=torch.float32, device=run_device)
+
+        def predictor(patches: torch.Tensor, starts_zyx: torch.Tensor) -> torch.Tensor:
+            # Patch origins in mm: (x, y, z) = grid origin + start index (reversed to x, y, z) * spacing.
+            origin_mm = origin + starts_zyx.flip(-1).to(torch.float32) * spacing
+            return model(patches, origin_mm)
+
+        return sliding_window_scores(
+            grid.intensity, predictor, config.patch_size, overlap=config.overlap, batch_size=run_batch_size,
+            device=run_device, pad_value=air_intensity,
+            progress=lambda done, total: report("inference", done / total), cancel=cancel,
+        )
+
+    scores, torch_device, batch_size = run_with_fallback(score_patches, torch_device, batch_size)
     timings["inference"] = time.perf_counter() - started
 
     # Step 3: floor outside the body, then resample onto the input grid.
