@@ -14,7 +14,7 @@ from ..calibration import Calibration
 from ..device import resolve_device
 from ..errors import InputError, ScreenerError
 from ..findings import find_findings, write_findings
-from ..io import OUTPUT_SUFFIXES, has_suffix, read_ct, write_image
+from ..io import OUTPUT_SUFFIXES, check_output_path, has_suffix, read_ct, write_image
 from ..pipeline import compute_anomaly_map
 from ..preview import write_preview
 from ..registry import load_model
@@ -76,9 +76,11 @@ def run_predict(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not has_suffix(output, OUTPUT_SUFFIXES):
         raise InputError(f"Output '{output}' has an unsupported suffix; use one of {', '.join(OUTPUT_SUFFIXES)}.")
+    check_output_path(output, args.input)
     device = resolve_device(args.device)
-    image = read_ct(args.input, series_uid=args.series)
-    loaded = load_model(args.model, device=device)
+    image = read_ct(args.input, series_uid=args.series, frame=args.frame)
+    # Load on the CPU: the pipeline moves the model to the device, and back to the CPU if the device fails.
+    loaded = load_model(args.model, device="cpu")
     result = compute_anomaly_map(image, loaded, device=str(device), batch_size=args.batch_size,
                                  progress=reporter.progress, name=str(args.input), allow_non_hu=args.allow_non_hu)
     write_image(result.anomaly_map, output)
@@ -115,6 +117,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None,
                         help="model name or package folder (default: the bundled model)")
     parser.add_argument("--series", default=None, help="DICOM series instance UID, for folders with several series")
+    parser.add_argument("--frame", type=int, default=None,
+                        help="0-based frame to score in a 4D image or an image with several components per voxel")
     parser.add_argument("--preview", default=None, help="write a PNG with axial, coronal and sagittal slices")
     parser.add_argument("--findings", default=None, help="write findings as .csv or .json")
     parser.add_argument("--threshold", type=float, default=DEFAULT_TOP_PERCENT,
