@@ -63,7 +63,9 @@ class FakeHub:
         self._commit_counter = 0
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class("hub"))
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class("cdn"))
-        self._threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in (self._hub, self._cdn)]
+        # A short poll interval (in seconds) makes stop() return quickly.
+        self._threads = [threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+                         for server in (self._hub, self._cdn)]
 
     @property
     def url(self) -> str:

@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from huggingface_hub import constants as hub_constants
 
 from fake_hub import FakeHub
-from ScreenerCore.package import CHECKSUM_FILE, sha256_of
+from ScreenerCore.config import ConditionConfig, ModelConfig, NetConfig, PreprocessingConfig
+from ScreenerCore.models import ScreenerModel
+from ScreenerCore.package import CHECKSUM_FILE, save_model_package, sha256_of
 from ScreenerCore.registry import REGISTRY_FILES_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +65,27 @@ def point_client_at(monkeypatch, url: str) -> None:
     """Set the endpoint that huggingface_hub computed at import (HF_ENDPOINT then) to `url`."""
     monkeypatch.setattr(hub_constants, "ENDPOINT", url)
     monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def make_package(folder: Path, seed: int) -> Path:
+    """Save a package with the tiny test architecture, weights drawn from `seed` and a varied density.
+
+    The density parameters are redrawn with a larger spread because with their initial values the
+    tiny model can score every voxel of the test CT the same, and then comparing maps proves little.
+    """
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        name=f"tiny-seed-{seed}",
+        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(32, 32, 32), overlap=0.25),
+        descriptor=NetConfig(in_channels=1, out_channels=8, channels=(4, 8)),
+        condition=ConditionConfig(kind="masked", net=NetConfig(in_channels=2, out_channels=8, channels=(4, 8))),
+    )
+    config.density.hidden_channels = 8
+    model = ScreenerModel(config).eval()
+    with torch.no_grad():
+        for parameter in model.density.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.5)
+    return save_model_package(model, folder)
 
 
 def package_digests(folder: Path) -> dict[str, str]:

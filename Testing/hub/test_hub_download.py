@@ -11,28 +11,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hub_testing import fake_hub, hub_environment, registry_entry, serve_package, write_registry  # noqa: F401
-from ScreenerCore.config import ConditionConfig, ModelConfig, NetConfig, PreprocessingConfig
+from hub_testing import (  # noqa: F401
+    fake_hub,
+    hub_environment,
+    make_package,
+    registry_entry,
+    serve_package,
+    write_registry,
+)
 from ScreenerCore.errors import ModelPackageError
 from ScreenerCore.hub import HubDownloadError, IntegrityError
-from ScreenerCore.models import ScreenerModel
-from ScreenerCore.package import save_model_package
 from ScreenerCore.registry import load_model, resolve_model_folder
 
 REPO_ID = "screener-test/tiny"
-
-
-def other_package(folder: Path, seed: int) -> Path:
-    """Save a package with the tiny model's architecture and weights drawn from `seed`."""
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        name=f"tiny-seed-{seed}",
-        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(32, 32, 32), overlap=0.25),
-        descriptor=NetConfig(in_channels=1, out_channels=8, channels=(4, 8)),
-        condition=ConditionConfig(kind="masked", net=NetConfig(in_channels=2, out_channels=8, channels=(4, 8))),
-    )
-    config.density.hidden_channels = 8
-    return save_model_package(ScreenerModel(config), folder)
 
 
 def assert_same_weights(loaded, folder: Path) -> None:
@@ -116,7 +107,7 @@ def test_wrong_registry_hash_fails_closed(fake_hub, tiny_model_folder, monkeypat
 def test_pinned_revision_ignores_branch_update(fake_hub, tiny_model_folder, tmp_path, monkeypatch):
     pinned, digests = serve_package(fake_hub, tiny_model_folder)
     write_registry(tmp_path, [registry_entry("tiny-hub", REPO_ID, pinned, digests)], monkeypatch)
-    newer_folder = other_package(tmp_path / "newer", seed=7)
+    newer_folder = make_package(tmp_path / "newer", seed=7)
     newer = fake_hub.push_folder(REPO_ID, newer_folder)
     assert fake_hub.repos[REPO_ID].refs["main"] == newer != pinned
 
