@@ -24,7 +24,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import ModelPackageError
-from .hub.download import HubSource, fetch_model, is_commit_hash, is_model_cached
+from .hub.download import HubSource, cached_model_folder, fetch_model, is_commit_hash
 from .package import (
     BUNDLED_MODELS_DIR,
     CONFIG_FILE,
@@ -168,10 +168,10 @@ def list_models(cache_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
         infos.append(ModelInfo(name=name, source="bundled", cached=True, description="bundled with Screener",
                                folder=BUNDLED_MODELS_DIR / name))
     for model in hub_models():
-        source = model.source()
-        cached = is_model_cached(source, cache_dir)
-        infos.append(ModelInfo(name=model.name, source="hub", cached=cached, description=model.description,
-                               repo_id=model.repo_id, revision=model.revision))
+        folder = cached_model_folder(model.source(), cache_dir)
+        infos.append(ModelInfo(name=model.name, source="hub", cached=folder is not None,
+                               description=model.description, repo_id=model.repo_id, revision=model.revision,
+                               folder=folder))
     return infos
 
 

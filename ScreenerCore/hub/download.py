@@ -100,20 +100,28 @@ def cached_file(source: HubSource, revision: str, filename: str, cache_dir: Path
     return Path(path) if isinstance(path, str) else None
 
 
-def is_model_cached(source: HubSource, cache_dir: str | os.PathLike | None = None) -> bool:
-    """Return whether every file of `source` is in the cache; checks presence only, not digests."""
+def cached_model_folder(source: HubSource, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """Return the snapshot folder when every file of `source` is cached, else None; checks presence, not digests."""
     folder = resolve_cache_dir(cache_dir)
     if source.sha256 is not None:
         names = list(source.sha256)
     else:
         checksums = cached_file(source, source.revision, CHECKSUM_FILE, folder)
         if checksums is None:
-            return False
+            return None
         try:
             names = list(read_checksums(checksums.parent))
         except ModelPackageError:
-            return False
-    return all(cached_file(source, source.revision, name, folder) is not None for name in names)
+            return None
+    paths = [cached_file(source, source.revision, name, folder) for name in names]
+    if any(path is None for path in paths):
+        return None
+    return paths[0].parent
+
+
+def is_model_cached(source: HubSource, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Return whether every file of `source` is in the cache; checks presence only, not digests."""
+    return cached_model_folder(source, cache_dir) is not None
 
 
 def fetch_model(source: HubSource, cache_dir: str | os.PathLike | None = None) -> tuple[Path, dict[str, str]]:
