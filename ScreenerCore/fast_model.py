@@ -81,7 +81,9 @@ def gaussian_nll_in_place(y: torch.Tensor, parameters: torch.Tensor) -> torch.Te
     conditional Gaussian predicts them. Same formula as models.density.gaussian_nll, in
     an order that needs one (B, ...) output instead of several (B, C, ...) temporaries.
     """
-    mean, log_variance = parameters.chunk(2, dim=1)
+    # Slices rather than chunk(): autograd rejects in-place changes to outputs of chunk() outside inference mode.
+    channels = parameters.shape[1] // 2
+    mean, log_variance = parameters[:, :channels], parameters[:, channels:]
     log_variance.clamp_(MIN_LOG_VARIANCE, MAX_LOG_VARIANCE)
     nll = log_variance.sum(dim=1)
     precision = log_variance.neg_().exp_()

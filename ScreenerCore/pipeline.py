@@ -18,6 +18,7 @@ from .fallback import check_device_runs_model, run_with_fallback
 from .package import LoadedModel
 from .preprocessing import ModelGridVolume, hu_to_intensity, to_input_grid, to_model_grid
 from .sliding_window import CancelFlag, sliding_window_scores
+from .speed import SpeedOptions, auto_batch_size, build_patch_scorer, configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def compute_anomaly_map(
     cancel: CancelFlag | None = None,
     name: str = "input",
     allow_non_hu: bool = False,
+    *,
+    speed: SpeedOptions | None = None,
 ) -> AnomalyMapResult:
     """Compute the voxel-wise anomaly map of a CT image in HU.
 
@@ -57,11 +60,14 @@ def compute_anomaly_map(
         image: 3D CT in Hounsfield units with any orientation; not modified.
         loaded: a model package from load_model_package.
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
-        batch_size: patches per network call.
+        batch_size: patches per network call; 0 picks it from the free memory on CUDA and
+            one patch per worker thread on the CPU. Default 4.
         progress: called as progress(stage, fraction) while the job runs.
         cancel: checked between batches; when set, OperationCancelled is raised.
         name: how the input is named in logs and errors (usually its path).
         allow_non_hu: run even when the values do not look like HU.
+        speed: how the networks run (precision, layout, threads, blending); default
+            SpeedOptions(), the fast path. SpeedOptions(fast=False) runs the model as trained.
 
     Returns:
         AnomalyMapResult whose anomaly_map has exactly the input's geometry. Voxels
@@ -70,6 +76,8 @@ def compute_anomaly_map(
     """
     timings = {}
     report = progress or (lambda stage, fraction: None)
+    options = speed or SpeedOptions()
+    configure_threads(options)
     torch_device = resolve_device(device)
     config = loaded.config.preprocessing
     calibration = Calibration.from_config(loaded.config.calibration)
@@ -89,21 +97,30 @@ def compute_anomaly_map(
     model = loaded.model.eval()
     torch_device = check_device_runs_model(model, torch_device, config.patch_size)
     air_intensity = float(hu_to_intensity(np.array([-1024.0]), config)[0])
+    # Patches without body voxels change no voxel of the final map: those all get the floor.
+    region = grid.body_mask if options.skip_outside_body and grid.body_mask.any() else None
+    scorers = {}
+    if batch_size == 0:
+        scorers[torch_device] = build_patch_scorer(model, torch_device, options)
+        batch_size = auto_batch_size(scorers[torch_device], config.patch_size, torch_device, options)
 
     def score_patches(run_device: torch.device, run_batch_size: int) -> np.ndarray:
-        model.to(run_device)
+        if run_device not in scorers:
+            scorers[run_device] = build_patch_scorer(model, run_device, options)
+        scorer = scorers[run_device]
         origin = torch.tensor(grid.reference.GetOrigin(), dtype=torch.float32, device=run_device)
         spacing = torch.tensor(grid.reference.GetSpacing(), dtype=torch.float32, device=run_device)
 
         def predictor(patches: torch.Tensor, starts_zyx: torch.Tensor) -> torch.Tensor:
             # Patch origins in mm: (x, y, z) = grid origin + start index (reversed to x, y, z) * spacing.
             origin_mm = origin + starts_zyx.flip(-1).to(torch.float32) * spacing
-            return model(patches, origin_mm)
+            return scorer(patches, origin_mm)
 
         return sliding_window_scores(
             grid.intensity, predictor, config.patch_size, overlap=config.overlap, batch_size=run_batch_size,
             device=run_device, pad_value=air_intensity,
             progress=lambda done, total: report("inference", done / total), cancel=cancel,
+            blend=options.blend, region_mask=region,
         )
 
     scores, torch_device, batch_size = run_with_fallback(score_patches, torch_device, batch_size)
