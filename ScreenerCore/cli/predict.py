@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..batch import DEFAULT_MAP_SUFFIX, is_batch_input, run_batch
 from ..calibration import Calibration
 from ..device import resolve_device
 from ..errors import InputError, ScreenerError
@@ -67,7 +68,13 @@ def score_threshold(args: argparse.Namespace, calibration: Calibration | None, f
     return calibration.score_for_top_percent(args.threshold)
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def run_predict(args: argparse.Namespace, image=None, loaded=None) -> int:
+    """Score args.input and write its outputs; a folder of image files or a CSV list runs as a batch.
+
+    The batch runner passes each scan's `image`, read ahead, and the `loaded` model.
+    """
+    if image is None and is_batch_input(Path(args.input)):
+        return run_batch(args, run_predict)
     reporter = JsonLinesReporter() if args.progress == "jsonl" else BarReporter()
     if args.progress == "none":
         reporter.progress = lambda stage, fraction: None
@@ -78,9 +85,11 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError(f"Output '{output}' has an unsupported suffix; use one of {', '.join(OUTPUT_SUFFIXES)}.")
     check_output_path(output, args.input)
     device = resolve_device(args.device)
-    image = read_ct(args.input, series_uid=args.series, frame=args.frame)
-    # Load on the CPU: the pipeline moves the model to the device, and back to the CPU if the device fails.
-    loaded = load_model(args.model, device="cpu")
+    if image is None:
+        image = read_ct(args.input, series_uid=args.series, frame=args.frame)
+    if loaded is None:
+        # Load on the CPU: the pipeline moves the model to the device, and back to the CPU if the device fails.
+        loaded = load_model(args.model, device="cpu")
     result = compute_anomaly_map(image, loaded, device=str(device), batch_size=args.batch_size,
                                  progress=reporter.progress, name=str(args.input), allow_non_hu=args.allow_non_hu)
     write_image(result.anomaly_map, output)
@@ -111,16 +120,26 @@ def run_predict(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="compute the anomaly map of one CT",
                                    description="Compute the anomaly map of a CT file or DICOM folder.")
-    parser.add_argument("input", help="CT file (.nii, .nii.gz, .nrrd, .mha) or folder with one DICOM series")
+    parser.add_argument("input", help="CT file (.nii, .nii.gz, .nrrd, .mha), folder with one DICOM series, "
+                                      "or many scans: a folder of CT files or a CSV list (column 'input', "
+                                      "optional column 'output')")
     parser.add_argument("-o", "--output", required=True,
-                        help="anomaly map file; .nii.gz, .nii, .nrrd or .mha sets the format")
+                        help="anomaly map file; .nii.gz, .nii, .nrrd or .mha sets the format. For many "
+                             "scans: the output folder")
     parser.add_argument("--model", default=None,
                         help="model name or package folder (default: the bundled model)")
     parser.add_argument("--series", default=None, help="DICOM series instance UID, for folders with several series")
     parser.add_argument("--frame", type=int, default=None,
                         help="0-based frame to score in a 4D image or an image with several components per voxel")
-    parser.add_argument("--preview", default=None, help="write a PNG with axial, coronal and sagittal slices")
-    parser.add_argument("--findings", default=None, help="write findings as .csv or .json")
+    parser.add_argument("--preview", default=None, help="write a PNG with axial, coronal and sagittal slices "
+                                                         "(for many scans: a folder for <scan>.png)")
+    parser.add_argument("--findings", default=None, help="write findings as .csv or .json "
+                                                          "(for many scans: a folder for <scan>.csv)")
+    parser.add_argument("--map-suffix", default=DEFAULT_MAP_SUFFIX,
+                        help=f"for many scans: suffix of each map file (default {DEFAULT_MAP_SUFFIX})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="for many scans: score scans whose outputs are complete again instead of "
+                             "skipping them")
     parser.add_argument("--threshold", type=float, default=DEFAULT_TOP_PERCENT,
                         help="findings are regions in the top THRESHOLD %% of normal-tissue scores "
                              f"(from the model's calibration; default {DEFAULT_TOP_PERCENT})")
