@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import secrets
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,8 @@ OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 DIRECTION_TOLERANCE = 1e-4
 # Two slices closer than this along the slice normal, in mm, occupy the same position.
 SAME_POSITION_MM = 1e-3
+# Size in bytes of a NIfTI-1 header; also the value of its first field, sizeof_hdr.
+NIFTI1_HEADER_BYTES = 348
 
 
 def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
@@ -178,8 +183,56 @@ def read_ct(path: str | os.PathLike, series_uid: str | None = None, frame: int |
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
+def nifti_data_bytes(path: Path) -> tuple[int, int] | None:
+    """Return (expected, actual) byte counts of a NIfTI-1 file (.nii or .nii.gz), header included.
+
+    Returns None for other files and for NIfTI-2, which ITK checks itself. For .nii.gz the
+    actual size comes from the gzip trailer, and from decompressing the whole file only
+    when the trailer disagrees (a truncated file, or several gzip members).
+    """
+    name = path.name.lower()
+    compressed = name.endswith(".nii.gz")
+    if not (compressed or name.endswith(".nii")):
+        return None
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+            header = handle.read(NIFTI1_HEADER_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return None  # ITK reports unreadable files with its own message
+    if len(header) < NIFTI1_HEADER_BYTES:
+        return None
+    order = next((o for o in "<>" if struct.unpack(o + "i", header[:4])[0] == NIFTI1_HEADER_BYTES), None)
+    if order is None:
+        return None
+    dims = struct.unpack(order + "8h", header[40:56])
+    bitpix = struct.unpack(order + "h", header[72:74])[0]
+    vox_offset = struct.unpack(order + "f", header[108:112])[0]
+    expected = int(vox_offset) + int(np.prod([max(d, 1) for d in dims[1:1 + dims[0]]])) * bitpix // 8
+
+    if not compressed:
+        return expected, path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        trailer_size = struct.unpack("<I", handle.read(4))[0]  # uncompressed size modulo 2**32
+    if trailer_size == expected % 2**32:
+        return expected, expected
+    actual = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while block := handle.read(1 << 16):
+                actual += len(block)
+    except (EOFError, OSError, zlib.error):
+        pass  # the stream ends early: `actual` counts what could be read
+    return expected, actual
+
+
 def read_image_file(path: Path, frame: int | None) -> sitk.Image:
     """Read one volume of an image file as float32, choosing `frame` of a 4D or multi-component image."""
+    # ITK's NIfTI reader fills a truncated file's missing voxels with zeros instead of failing.
+    sizes = nifti_data_bytes(path)
+    if sizes is not None and sizes[1] < sizes[0]:
+        raise InputError(f"'{path}' is truncated: it contains {sizes[1]} of the {sizes[0]} bytes that its header "
+                         "describes. Download or export the file again.")
     try:
         reader = _header(str(path))
     except RuntimeError as error:
