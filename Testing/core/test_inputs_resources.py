@@ -1,8 +1,8 @@
 """Resources and outputs: memory, device failures, training on bad folders, outliers, whole-file writes.
 
-No GPU runs here. Device failures are injected: an out-of-memory error raised by a
-wrapper around the model, and PyTorch told that CUDA is available on a CPU-only build,
-so that using CUDA fails inside PyTorch itself.
+No GPU runs here, so device failures are injected. An out-of-memory error is raised by a
+wrapper around the sliding-window call, and torch.cuda.is_available is patched to return
+True on a CPU-only build, so that using CUDA fails inside PyTorch itself.
 """
 
 from __future__ import annotations
@@ -189,10 +189,10 @@ def test_memory_grows_with_volume_not_batch():
                                text=True, env=environment, check=True)
     small, large = json.loads(completed.stdout.strip().splitlines()[-1])
 
-    # 8 times the voxels. The pipeline keeps about two input-sized float32 copies (the copy
-    # with padding set to air, and the map on the input grid); measured 2.0 bytes added per
-    # input byte. Scoring the whole model grid at once instead of patches would add about
-    # 100 MB of activations more for the large volume.
+    # 8 times the voxels. The pipeline keeps about two input-sized float32 copies: the copy
+    # with padding set to air, and the map on the input grid (measured: 2.0 bytes added per
+    # input byte). Scoring the whole model grid at once instead of patches would add roughly
+    # 100 MB of activations for the large volume (an estimate from the nets' channel counts).
     growth = large["added_bytes"] - small["added_bytes"]
     input_growth = large["input_bytes"] - small["input_bytes"]
     assert large["input_bytes"] == 8 * small["input_bytes"]
