@@ -94,6 +94,19 @@ def bundled_model_names() -> list[str]:
     return sorted(p.name for p in BUNDLED_MODELS_DIR.iterdir() if (p / CONFIG_FILE).is_file())
 
 
+def check_model_name(name: object, where: str) -> None:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ModelPackageError(f"{where}: the name must start with a letter or digit and contain only letters, "
+                                "digits, '.', '_' and '-'.")
+
+
+def check_repo_id(repo_id: object, where: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ModelPackageError(f"{where}: invalid repo_id {repo_id!r} ({error}).") from error
+
+
 def hub_model_from_dict(data: object, origin: str) -> HubModel:
     """Validate one registry entry read from JSON; `origin` names the file for error messages."""
     if not isinstance(data, dict):
@@ -106,13 +119,8 @@ def hub_model_from_dict(data: object, origin: str) -> HubModel:
 
     name = data["name"]
     where = f"{origin}: model {name!r}"
-    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
-        raise ModelPackageError(f"{where}: the name must start with a letter or digit and contain only letters, "
-                                "digits, '.', '_' and '-'.")
-    try:
-        validate_repo_id(data["repo_id"])
-    except HFValidationError as error:
-        raise ModelPackageError(f"{where}: invalid repo_id {data['repo_id']!r} ({error}).") from error
+    check_model_name(name, where)
+    check_repo_id(data["repo_id"], where)
     revision = data["revision"]
     if not isinstance(revision, str) or not is_commit_hash(revision):
         raise ModelPackageError(f"{where}: revision {revision!r} is not a 40-character lower-case commit hash. "
