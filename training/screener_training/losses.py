@@ -18,7 +18,13 @@ class VicregWeights:
 
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4) -> dict[str, torch.Tensor]:
-    """Return the invariance, variance and covariance terms for embeddings (N, D)."""
+    """Return the invariance, variance and covariance terms for embeddings (N, D).
+
+    Invariance is the mean squared difference over all N * D entries. Variance is the
+    mean over dimensions of relu(1 - std), averaged over the two branches. Covariance
+    is the sum of squared off-diagonal covariances divided by D, summed over the two
+    branches, as in the authors' reference code (facebookresearch/vicreg).
+    """
     invariance = F.mse_loss(z1, z2)
 
     variance = 0.0
@@ -29,7 +35,7 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4) -> dict[
         centred = z - z.mean(dim=0)
         cov = centred.T @ centred / (z.shape[0] - 1)
         off_diagonal = cov - torch.diag(torch.diagonal(cov))
-        covariance = covariance + off_diagonal.pow(2).sum() / z.shape[1] / 2
+        covariance = covariance + off_diagonal.pow(2).sum() / z.shape[1]
     return {"invariance": invariance, "variance": variance, "covariance": covariance}
 
 
@@ -44,10 +50,21 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, weights: VicregWeights = Vic
 
 def infonce_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1
                  ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Return the symmetric InfoNCE loss: each z1[i] must pick z2[i] among all rows of z2, and back."""
-    z1 = F.normalize(z1, dim=1)
-    z2 = F.normalize(z2, dim=1)
-    logits = z1 @ z2.T / temperature
-    targets = torch.arange(z1.shape[0], device=z1.device)
-    loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    return loss, {"infonce": float(loss.detach())}
+    """Return the SimCLR (NT-Xent) loss of N positive pairs.
+
+    Each of the 2N embeddings must pick its partner among the 2N - 1 others by cosine
+    similarity over `temperature`. The negatives are all other positions of the batch,
+    from the same image and from the other images, in both views.
+    """
+    if temperature <= 0:
+        raise ValueError(f"InfoNCE temperature must be positive, got {temperature}.")
+    count = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T / temperature
+    # A position is never its own negative.
+    logits = logits.masked_fill(torch.eye(2 * count, dtype=torch.bool, device=z.device), float("-inf"))
+    partners = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(z.device)
+    loss = F.cross_entropy(logits, partners)
+    with torch.no_grad():
+        accuracy = (logits.argmax(dim=1) == partners).float().mean()
+    return loss, {"infonce": float(loss.detach()), "accuracy": float(accuracy)}
