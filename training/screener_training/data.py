@@ -17,6 +17,8 @@ from ScreenerCore.errors import InputError
 from ScreenerCore.io import IMAGE_SUFFIXES, has_suffix, list_dicom_series, read_ct
 from ScreenerCore.preprocessing import to_model_grid
 
+from .distributed import shard
+
 logger = logging.getLogger(__name__)
 
 
@@ -84,16 +86,21 @@ def load_training_volume(path: Path, config: PreprocessingConfig, cache_dir: Pat
 
 
 def load_training_volumes(sources: list[str | Path], config: PreprocessingConfig,
-                          cache_dir: Path | None = None) -> list[TrainingVolume]:
-    """Load every readable CT under `sources`; unreadable ones are skipped with one logged reason each."""
+                          cache_dir: Path | None = None, rank: int = 0, world_size: int = 1) -> list[TrainingVolume]:
+    """Load every readable CT of this rank's shard of `sources`; unreadable ones are skipped with one logged reason each.
+
+    The inputs are split round-robin over `world_size` ranks (see distributed.shard), so
+    each rank of a torchrun job reads only its own files.
+    """
     volumes, skipped = [], 0
-    for path in list_ct_sources(sources):
+    paths = shard(list_ct_sources(sources), rank, world_size)
+    for path in paths:
         try:
             volumes.append(load_training_volume(path, config, cache_dir))
         except (InputError, RuntimeError, OSError, ValueError) as error:
             skipped += 1
             logger.warning("Skipping training input %s: %s", path, error)
-    logger.info("Loaded %d training volumes, skipped %d", len(volumes), skipped)
+    logger.info("Rank %d loaded %d training volumes, skipped %d unreadable", rank, len(volumes), skipped)
     if not volumes:
-        raise InputError(f"No readable CT found in {', '.join(map(str, sources))}.")
+        raise InputError(f"No readable CT found for rank {rank} of {world_size} in {', '.join(map(str, sources))}.")
     return volumes
