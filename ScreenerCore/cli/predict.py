@@ -127,7 +127,9 @@ def register(subparsers) -> None:
                         help="anomaly map file; .nii.gz, .nii, .nrrd or .mha sets the format. For many "
                              "scans: the output folder")
     parser.add_argument("--model", default=None,
-                        help="model name or package folder (default: the bundled model)")
+                        help="registered model name (see `screener models`), package folder, or hub repo "
+                             "OWNER/NAME@COMMIT (default: the bundled model); hub models are cached in "
+                             "$SCREENER_CACHE_DIR, else <user cache>/screener/hub")
     parser.add_argument("--series", default=None, help="DICOM series instance UID, for folders with several series")
     parser.add_argument("--frame", type=int, default=None,
                         help="0-based frame to score in a 4D image or an image with several components per voxel")
