@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # huggingface_hub's HTTP client (httpx2 in huggingface_hub 2.x) logs every request at INFO.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except (ScreenerError, ValueError) as error:

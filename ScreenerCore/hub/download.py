@@ -175,7 +175,7 @@ def fetch_file(source: HubSource, revision: str, filename: str, cache_dir: Path)
         raise not_cached_error(source, cache_dir, "offline mode is on (HF_HUB_OFFLINE)")
 
     endpoint = hub_endpoint()
-    logger.info("Downloading %s of %s", filename, source.label)
+    logger.info("Fetching %s of %s from the hub", filename, source.label)
     try:
         return Path(hf_hub_download(source.repo_id, filename, revision=revision, cache_dir=str(cache_dir),
                                     endpoint=endpoint))
