@@ -138,7 +138,15 @@ def fetch_model(source: HubSource, cache_dir: str | os.PathLike | None = None) -
     expected = source.sha256
     if expected is None:
         checksums_path = fetch_file(source, revision, CHECKSUM_FILE, folder)
-        expected = read_checksums(checksums_path.parent)
+        try:
+            expected = read_checksums(checksums_path.parent)
+        except ModelPackageError as error:
+            # Delete it, or every later run would read the same unusable cached copy.
+            removal_error = remove_cached_file(checksums_path, folder)
+            removed = "It was deleted from the cache." if removal_error is None else (
+                f"Delete '{checksums_path}' by hand ({removal_error}).")
+            raise IntegrityError(f"The checksums.json of {source.label} is unusable: {error} {removed} Run "
+                                 f"`screener download {source.spec}` to fetch it again.") from error
         if CONFIG_FILE not in expected:
             raise HubDownloadError(f"The checksums.json of {source.label} does not list {CONFIG_FILE}, so the "
                                    "repo is not a Screener model package. Check the repo id and revision.")

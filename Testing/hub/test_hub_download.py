@@ -207,3 +207,18 @@ def test_registry_entry_naming_pickle_file_is_rejected(fake_hub, tmp_path, monke
     assert "pytorch_model.bin" in str(raised.value)
     assert "pickle" in str(raised.value)
     assert fake_hub.requests == []
+
+
+def test_corrupted_repo_checksums_are_deleted(fake_hub, tiny_model_folder):
+    files = {path.name: path.read_bytes() for path in tiny_model_folder.iterdir()}
+    files["checksums.json"] = b'{"config.json": "not a digest"}'
+    commit = fake_hub.push(REPO_ID, files)
+
+    with pytest.raises(IntegrityError) as raised:
+        load_model(f"{REPO_ID}@{commit}")
+
+    assert "checksums.json" in str(raised.value)
+    assert "expected 64 hexadecimal digits" in str(raised.value)
+    assert "deleted from the cache" in str(raised.value)
+    snapshot = cache_root() / "models--screener-test--tiny" / "snapshots" / commit
+    assert not (snapshot / "checksums.json").exists()
