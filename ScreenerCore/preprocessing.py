@@ -163,8 +163,8 @@ def clean_values(image: sitk.Image, name: str, allow_non_hu: bool = False) -> si
 
     Voxels below AIR_HU are padding outside the scanner's field of view (commonly -2048
     or -3024 HU) or noise in air; setting them to air before resampling keeps them from
-    being interpolated with tissue at the field-of-view edge. `image` is not modified:
-    a copy is made only when some voxel needs replacing.
+    being interpolated with tissue at the field-of-view edge. `image` is not modified.
+    A copy is made only when some voxel needs replacing.
     """
     values = sitk.GetArrayViewFromImage(image)
     low, high, all_finite = value_range(values)
@@ -179,16 +179,19 @@ def clean_values(image: sitk.Image, name: str, allow_non_hu: bool = False) -> si
     if all_finite and low >= AIR_HU:
         return image
 
-    clean = np.array(values, dtype=np.float32)
-    if not all_finite:
-        bad = ~np.isfinite(clean)
-        logger.warning("%s: %d NaN or infinite voxels replaced by air (%g HU)", name, int(bad.sum()), AIR_HU)
-        clean[bad] = AIR_HU
-    below = clean < AIR_HU
-    if below.any():
+    if all_finite:
+        # Only padding to replace: one filter output, no NumPy copy and mask of the whole volume.
+        below = sum(int(np.count_nonzero(values[k:k + 16] < AIR_HU)) for k in range(0, values.shape[0], 16))
         logger.info("%s: %d voxels below %g HU (padding outside the field of view) treated as air",
-                    name, int(below.sum()), AIR_HU)
-        clean[below] = AIR_HU
+                    name, below, AIR_HU)
+        return sitk.Maximum(image, AIR_HU)
+
+    clean = np.array(values, dtype=np.float32)
+    bad = ~np.isfinite(clean)
+    logger.warning("%s: %d NaN or infinite voxels replaced by air (%g HU)", name, int(bad.sum()), AIR_HU)
+    clean[bad] = AIR_HU
+    del bad
+    np.maximum(clean, AIR_HU, out=clean)
     cleaned = sitk.GetImageFromArray(clean)
     cleaned.CopyInformation(image)
     return cleaned

@@ -21,7 +21,7 @@ ABDOMEN_CT = "train/abdomen_pelvis_totalseg.nii.gz"
 def abdomen_crop_from(path: Path) -> sitk.Image:
     """Return a 64 x 64 x 48 voxel crop (192 x 192 x 144 mm) of the abdomen CT as float32 HU.
 
-    The crop holds air outside the body, fat, soft tissue, bowel gas and bone, so
+    The crop contains air outside the body, fat, soft tissue, bowel gas and bone, so
     maps of it vary, and the tiny model scores it in well under a second.
     """
     image = sitk.ReadImage(str(path), sitk.sitkFloat32)
@@ -29,7 +29,7 @@ def abdomen_crop_from(path: Path) -> sitk.Image:
 
 
 @pytest.fixture(scope="session")
-def abdomen_crop(request) -> sitk.Image:
+def abdomen_crop() -> sitk.Image:
     from conftest import shared_ct_path
 
     return abdomen_crop_from(shared_ct_path(ABDOMEN_CT))
@@ -53,7 +53,7 @@ def screening_model(tmp_path_factory, abdomen_crop):
     """A random tiny model calibrated on its own in-body scores of the abdomen crop.
 
     The shared tiny model is calibrated on made-up scores that lie above all its real
-    scores, so its maps are flat at the floor; comparing maps needs maps that vary.
+    scores, so its maps are flat at the floor. Comparing maps needs maps that vary.
     """
     from ScreenerCore.calibration import Calibration
     from ScreenerCore.models import ScreenerModel

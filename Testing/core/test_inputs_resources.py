@@ -189,14 +189,15 @@ def test_memory_grows_with_volume_not_batch():
                                text=True, env=environment, check=True)
     small, large = json.loads(completed.stdout.strip().splitlines()[-1])
 
-    # 8 times the voxels. The pipeline keeps about two input-sized float32 copies: the copy
-    # with padding set to air, and the map on the input grid (measured: 2.0 bytes added per
-    # input byte). Scoring the whole model grid at once instead of patches would add roughly
-    # 100 MB of activations for the large volume (an estimate from the nets' channel counts).
+    # 8 times the voxels. The pipeline holds about one input-sized float32 copy at a time:
+    # first the copy with padding set to air, then the map on the input grid (measured: 0.9
+    # bytes added per input byte here, 1.05 for 768 x 768 x 600 voxels). Scoring the whole
+    # model grid at once instead of patches would add roughly 100 MB of activations for the
+    # large volume (an estimate from the nets' channel counts).
     growth = large["added_bytes"] - small["added_bytes"]
     input_growth = large["input_bytes"] - small["input_bytes"]
     assert large["input_bytes"] == 8 * small["input_bytes"]
-    assert growth < 3 * input_growth, f"{growth / 2**20:.0f} MiB added for {input_growth / 2**20:.0f} MiB of input"
+    assert growth < 2 * input_growth, f"{growth / 2**20:.0f} MiB added for {input_growth / 2**20:.0f} MiB of input"
 
 
 def write_training_folder(folder: Path, crop: sitk.Image) -> dict[str, str]:
