@@ -186,10 +186,12 @@ def read_ct(path: str | os.PathLike, series_uid: str | None = None, frame: int |
 def nifti_data_bytes(path: Path) -> tuple[int, int] | None:
     """Return (expected, actual) byte counts of a NIfTI-1 file (.nii or .nii.gz), header included.
 
-    Returns None for other files and for NIfTI-2, which ITK checks itself. For .nii.gz the
-    actual size comes from the gzip trailer, and from decompressing the whole file only
-    when the trailer disagrees (a truncated file, or several gzip members).
+    Returns None for other files and for NIfTI-2. For .nii.gz the actual size comes from the
+    gzip trailer, and from decompressing the whole file only when the trailer disagrees (a
+    truncated file, or several gzip members).
     """
+    # TODO: NIfTI-2 files (540-byte header) are not checked for truncation. ITK raises for
+    # truncated NRRD files; other formats are untested.
     name = path.name.lower()
     compressed = name.endswith(".nii.gz")
     if not (compressed or name.endswith(".nii")):
