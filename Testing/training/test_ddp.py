@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,24 @@ def test_parameters_agree_across_ranks(ddp_results):
 def test_calibration_pools_all_ranks(ddp_results):
     torch.testing.assert_close(torch.as_tensor(ddp_results[0]["calibration"]),
                                torch.as_tensor(ddp_results[1]["calibration"]))
+
+
+def test_torchrun_cli_two_ranks(small_ct_files, tmp_path):
+    """The real entry point under torchrun: two gloo ranks train a descriptor and rank 0 writes it once."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip(f"torchrun not found beside {sys.executable}")
+    command = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), "-m", "screener_training.cli", "descriptor",
+               "--data", *map(str, small_ct_files), "--work-dir", str(tmp_path), "--device", "cpu", "--threads", "1",
+               "--spacing", "6", "6", "6", "--crop-size", "8", "--channels", "4", "8", "--descriptor-dim", "4",
+               "--positions", "16", "--volumes-per-step", "1", "--descriptor-steps", "2", "--projector-width", "16",
+               "--log-every", "1"]
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Rank 1 of 2 joined the gloo process group" in result.stderr
+    assert (tmp_path / "descriptor.safetensors").is_file()
+    assert len((tmp_path / "descriptor_log.csv").read_text().splitlines()) == 1 + 2

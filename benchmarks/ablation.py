@@ -1,0 +1,245 @@
+"""Short-budget ablation of Screener's components: objective, descriptor size, condition and density.
+
+Usage:
+    python benchmarks/ablation.py [--work-root DIR] [--results DIR] [--threads N] [--only NAME ...]
+
+Trains on the training CTs, scores the evaluation CTs with `screener evaluate`, and
+writes, under --results, one CSV per row, ablation.csv (pooled rows of all
+configurations), ablation.md (the table) and ablation_commands.md (every command
+with its wall time). Every configuration gets the same budget: the step counts,
+crop size and batch sizes in BUDGET. Stages that several rows share (the VICReg
+d=32 descriptor, the masked condition net) are trained once, and their time counts
+in every row that uses them. A stage whose output exists is not run again, so an
+interrupted ablation continues where it stopped.
+
+The evaluation volumes are for measuring only; no stage here reads them for training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CT = REPO_ROOT.parent / "shared" / "data" / "ct"
+
+# One budget for every configuration, sized so that the whole table takes 30 to 60 minutes on
+# 2 CPU threads. That is an estimate from a trial run on the 2-core test machine, where one
+# U-Net pass over a 96-voxel patch with the default widths (16 32 64) took about 5 to 20 s
+# depending on load. Half-width nets (8 16 32) cost about a quarter of that, in training
+# and in scoring the evaluation CTs alike.
+BUDGET = {
+    "--channels": "8 16 32",
+    "--crop-size": "32",
+    "--positions": "256",
+    "--volumes-per-step": "3",
+    "--descriptor-steps": "200",
+    "--condition-steps": "200",
+    "--density-steps": "120",
+    "--calibration-crops": "2",
+    "--patch-size": "96",
+    "--seed": "0",
+}
+
+logger = logging.getLogger("ablation")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the table."""
+
+    name: str
+    objective: str
+    descriptor_dim: int
+    condition: str
+    density: str
+
+    @property
+    def descriptor_key(self) -> str:
+        return f"{self.objective}{self.descriptor_dim}"
+
+
+ROWS = [
+    *(Row(f"vicreg32-{condition}-{density}", "vicreg", 32, condition, density)
+      for condition in ("none", "sincos", "masked") for density in ("gaussian", "flow")),
+    Row("infonce32-masked-flow", "infonce", 32, "masked", "flow"),
+    Row("vicreg128-masked-flow", "vicreg", 128, "masked", "flow"),
+]
+BASELINE = "intensity-baseline"
+
+
+class Runner:
+    """Runs commands with a fixed thread count, logging each with its wall time."""
+
+    def __init__(self, threads: int, log_path: Path):
+        self.threads = threads
+        self.log_path = log_path
+        self.environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+    def run(self, command: list[str], done_marker: Path, timing_file: Path) -> float:
+        """Run `command` unless `done_marker` exists; return its wall time in s (stored in timing_file)."""
+        if done_marker.exists() and timing_file.is_file():
+            logger.info("Skipping (done): %s", shlex.join(command))
+            return float(timing_file.read_text())
+        logger.info("Running: %s", shlex.join(command))
+        started = time.perf_counter()
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n$ {shlex.join(command)}\n")
+            log.flush()
+            subprocess.run(command, stdout=log, stderr=log, env=self.environment, cwd=REPO_ROOT, check=True)
+        seconds = time.perf_counter() - started
+        timing_file.parent.mkdir(parents=True, exist_ok=True)
+        timing_file.write_text(f"{seconds:.1f}\n")
+        logger.info("Finished in %.0f s", seconds)
+        return seconds
+
+
+def budget_flags() -> list[str]:
+    return [item for flag, value in BUDGET.items() for item in (flag, *value.split())]
+
+
+def train_command(stage: str, row: Row, work: Path, cache: Path, threads: int, extra: list[str]) -> list[str]:
+    return ["screener-train", stage, "--data", str(SHARED_CT / "train"), "--work-dir", str(work),
+            "--cache-dir", str(cache), "--threads", str(threads), "--device", "cpu", "--log-every", "10",
+            "--objective", row.objective, "--descriptor-dim", str(row.descriptor_dim), "--condition", row.condition,
+            "--density", row.density, "--name", f"ablation-{row.name}", *budget_flags(), *extra]
+
+
+def evaluate_command(name: str, package: Path | None, results: Path) -> list[str]:
+    scorer = ["--baseline", "intensity"] if package is None else ["--model", str(package), "--device", "cpu"]
+    return ["screener", "evaluate", str(SHARED_CT / "eval"), *scorer, "--name", name,
+            "--csv", str(results / f"{name}.csv")]
+
+
+def run_row(row: Row, runner: Runner, work_root: Path, cache: Path, results: Path, commands: list[dict]) -> dict:
+    """Train what the row needs (shared stages once), export, evaluate; return its stage times."""
+    descriptor_work = work_root / row.descriptor_key
+    condition_work = work_root / "condition"
+    row_work = work_root / row.name
+    package = row_work / "package"
+    times = {}
+
+    command = train_command("descriptor", row, descriptor_work, cache, runner.threads, [])
+    times["descriptor"] = runner.run(command, descriptor_work / "descriptor.safetensors",
+                                     descriptor_work / "descriptor.wall_s")
+    commands.append({"row": row.name, "stage": "descriptor", "command": shlex.join(command),
+                     "seconds": times["descriptor"]})
+    if row.condition == "masked":
+        # The condition net does not depend on the descriptor, so every masked row shares one.
+        command = train_command("condition", Row("condition", "vicreg", 32, "masked", "gaussian"), condition_work,
+                                cache, runner.threads, [])
+        times["condition"] = runner.run(command, condition_work / "condition.safetensors",
+                                        condition_work / "condition.wall_s")
+        commands.append({"row": row.name, "stage": "condition", "command": shlex.join(command),
+                         "seconds": times["condition"]})
+
+    command = train_command("density", row, row_work, cache, runner.threads,
+                            ["--descriptor-from", str(descriptor_work), "--condition-from", str(condition_work),
+                             "--output", str(package)])
+    times["density"] = runner.run(command, package / "checksums.json", row_work / "density.wall_s")
+    commands.append({"row": row.name, "stage": "density and export", "command": shlex.join(command),
+                     "seconds": times["density"]})
+
+    command = evaluate_command(row.name, package, results)
+    times["evaluate"] = runner.run(command, results / f"{row.name}.csv", row_work / "evaluate.wall_s")
+    commands.append({"row": row.name, "stage": "evaluate", "command": shlex.join(command),
+                     "seconds": times["evaluate"]})
+    return times
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_tables(results: Path, row_times: dict[str, dict], commands: list[dict]) -> None:
+    """Write ablation.csv and ablation.md from the per-row evaluation CSVs."""
+    table = []
+    for name, times in row_times.items():
+        evaluated = {(r["case"]): r for r in read_rows(results / f"{name}.csv")}
+        training = sum(seconds for stage, seconds in times.items() if stage != "evaluate")
+        table.append({
+            "configuration": name,
+            "lung1_auroc": evaluated["lung1"]["auroc"], "lung2_auroc": evaluated["lung2"]["auroc"],
+            "pooled_auroc": evaluated["pooled"]["auroc"],
+            "lung1_partial_auroc": evaluated["lung1"]["partial_auroc"],
+            "lung2_partial_auroc": evaluated["lung2"]["partial_auroc"],
+            "pooled_partial_auroc": evaluated["pooled"]["partial_auroc"],
+            "pooled_aupro": evaluated["pooled"]["aupro"],
+            "training_s": round(training), "evaluation_s": round(times.get("evaluate", 0.0)),
+        })
+    with open(results / "ablation.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+
+    lines = ["| configuration | AUROC lung1 | AUROC lung2 | AUROC pooled | AUROC@0.3 lung1 | AUROC@0.3 lung2 | "
+             "AUROC@0.3 pooled | AUPRO@0.3 pooled | training s | evaluation s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in table:
+        values = list(entry.values())
+        lines.append("| " + " | ".join(str(v) for v in values) + " |")
+    (results / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    command_lines = ["| configuration | stage | wall s | command |", "|---|---|---|---|"]
+    for entry in commands:
+        command_lines.append(f"| {entry['row']} | {entry['stage']} | {entry['seconds']:.0f} | `{entry['command']}` |")
+    (results / "ablation_commands.md").write_text("\n".join(command_lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-root", type=Path, default=Path("/tmp/screener_ablation"),
+                        help="folder for trained nets, packages and the preprocessing cache")
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "ablation_results",
+                        help="folder for the CSV and markdown results")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per command (default 2)")
+    parser.add_argument("--only", nargs="+", default=None, help="run only these configurations (names as in ROWS)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="preprocessing cache shared with other runs (default WORK_ROOT/cache)")
+    parser.add_argument("--override", nargs="+", default=[], metavar="FLAG=VALUE",
+                        help="change the budget for a quick check, e.g. descriptor-steps=2; "
+                             "results are then not comparable with the table")
+    args = parser.parse_args(argv)
+    for item in args.override:
+        flag, _, value = item.partition("=")
+        if f"--{flag}" not in BUDGET or not value:
+            parser.error(f"--override '{item}' is invalid; use FLAG=VALUE with FLAG one of "
+                         f"{', '.join(key[2:] for key in BUDGET)}")
+        BUDGET[f"--{flag}"] = value
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    args.work_root.mkdir(parents=True, exist_ok=True)
+    runner = Runner(args.threads, args.results / "ablation.log")
+    (args.results / "budget.json").write_text(json.dumps({"budget": BUDGET, "threads": args.threads}, indent=2) + "\n")
+
+    row_times, commands = {}, []
+    # The baseline first: it takes seconds, and the table has its reference row even if a run stops early.
+    if not args.only or BASELINE in args.only:
+        command = evaluate_command(BASELINE, None, args.results)
+        seconds = runner.run(command, args.results / f"{BASELINE}.csv", args.work_root / "baseline.wall_s")
+        commands.append({"row": BASELINE, "stage": "evaluate", "command": shlex.join(command), "seconds": seconds})
+        row_times[BASELINE] = {"evaluate": seconds}
+    for row in ROWS:
+        if args.only and row.name not in args.only:
+            continue
+        row_times[row.name] = run_row(row, runner, args.work_root, args.cache_dir or args.work_root / "cache",
+                                      args.results, commands)
+        write_tables(args.results, row_times, commands)
+    write_tables(args.results, row_times, commands)
+    logger.info("Ablation finished; table in %s", args.results / "ablation.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
