@@ -56,6 +56,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--projector-width", type=int, default=256, help="projector head width (default 256)")
     group.add_argument("--crop-size", type=int, default=48, help="training crop edge in voxels (default 48)")
     group.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of blocks hidden for the condition net")
+    group.add_argument("--mask-block-size", type=int, default=None,
+                       help="edge in voxels of the hidden blocks (default: a quarter of --crop-size)")
     group.add_argument("--positions", type=int, default=256, help="paired positions per view pair (default 256)")
     group.add_argument("--volumes-per-step", type=int, default=4,
                        help="view pairs (descriptor, condition) or crops (density) per step and rank (default 4)")

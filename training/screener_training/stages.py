@@ -58,7 +58,7 @@ def stage_config(args: argparse.Namespace, steps: int) -> StageConfig:
 
 def view_config(args: argparse.Namespace, masked: bool) -> ViewConfig:
     return ViewConfig(crop_size=args.crop_size, positions_per_pair=args.positions,
-                      mask_ratio=args.mask_ratio if masked else 0.0)
+                      mask_ratio=args.mask_ratio if masked else 0.0, mask_block_size=args.mask_block_size)
 
 
 def checkpoint_config(args: argparse.Namespace, work: Path, part: str) -> CheckpointConfig:

@@ -35,6 +35,8 @@ class ViewConfig:
     # Block masking for the condition net: fraction of blocks hidden, block edge as a fraction of the crop.
     mask_ratio: float = 0.0
     mask_block_fraction: float = 0.25
+    # Block edge in voxels; when set, it replaces mask_block_fraction.
+    mask_block_size: int | None = None
 
 
 @dataclass
@@ -160,7 +162,8 @@ def gaussian_blur(view: torch.Tensor, sigma: float) -> torch.Tensor:
 def apply_block_mask(view: torch.Tensor, config: ViewConfig, rng: np.random.Generator) -> torch.Tensor:
     """Hide random cubic blocks of a (1, S, S, S) view; return (2, S, S, S): masked image and visibility."""
     size = view.shape[-1]
-    block = max(1, int(round(size * config.mask_block_fraction)))
+    edge = config.mask_block_size if config.mask_block_size else size * config.mask_block_fraction
+    block = max(1, int(round(edge)))
     cells = -(-size // block)
     hidden = rng.random((cells,) * 3) < config.mask_ratio
     visible = torch.from_numpy(~hidden).float()
