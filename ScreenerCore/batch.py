@@ -26,7 +26,7 @@ from .io import IMAGE_SUFFIXES, OUTPUT_SUFFIXES, has_suffix, read_ct
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAP_SUFFIX = ".nii.gz"
-# Column of a CSV list that holds the input paths; a CSV without it uses its first column.
+# Column of a CSV list with the input paths; a CSV without it uses its first column.
 INPUT_COLUMN = "input"
 # Optional column with each scan's map path; relative paths are under the output folder.
 OUTPUT_COLUMN = "output"
@@ -141,7 +141,7 @@ def shard(items: list[BatchItem], rank: int, world_size: int) -> list[BatchItem]
 
 
 def is_complete(item: BatchItem) -> bool:
-    """Return True when every file `item` asks for exists and its map's header can be read.
+    """Return True when every output file of `item` exists and its map's header can be read.
 
     Maps are written to a temporary file and renamed, so an existing map is whole; the
     header check also rejects files that another tool left truncated.

@@ -14,7 +14,7 @@ The steps, each in its own function below:
    three 1D arrays (`blend_normalisers`): no second full-size buffer is needed.
 
 Memory: besides the input and the sum buffer (one float32 per voxel each), the job
-holds one batch of patches and the predictor's activations, whatever the volume size.
+needs one batch of patches and the predictor's activations, whatever the volume size.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def blend_profile(length: int, mode: str, sigma_scale: float) -> np.ndarray:
 
     "constant" gives every voxel weight 1, so overlaps are plain means. "gaussian" gives
     exp(-d^2 / (2 sigma^2)) with d the distance in voxels from the patch centre and
-    sigma = sigma_scale * length, so voxels near patch edges, where a network sees
-    less context, count less. The 3D weight is the product of the three profiles.
+    sigma = sigma_scale * length. Voxels near patch edges, where a network has less
+    context, count less. The 3D weight is the product of the three profiles.
     """
     if mode == "constant":
         return np.ones(length)
@@ -131,8 +131,8 @@ def choose_accumulator_device(shape: Sequence[int], device: torch.device, accumu
     """Pick where the input and the sum buffer live: on `device`, or on the host for volumes that would not fit.
 
     "auto" keeps them on a CUDA device when both take at most DEVICE_BUFFER_SHARE of its
-    free memory, so no patch crosses between host and device; otherwise on the host,
-    and each batch is copied over and its scores back once.
+    free memory, so no patch crosses between host and device. Otherwise they stay on
+    the host, and each batch is copied over once and its scores back once.
     """
     if accumulate not in ACCUMULATE_CHOICES:
         raise ValueError(f"Unknown accumulate choice '{accumulate}'; expected one of {ACCUMULATE_CHOICES}.")

@@ -24,8 +24,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Share of the free CUDA memory that one batch's activations may take when the batch size is automatic.
 CUDA_BATCH_MEMORY_SHARE = 0.6
-# Upper bound of the automatic CUDA batch size, in patches; larger batches gain nothing
-# measurable once the GPU is busy and only delay progress reports and cancellation.
+# Upper bound of the automatic CUDA batch size, in patches. Larger batches delay progress
+# reports and cancellation. NOTE: not yet measured on a GPU; the speed gain may stop earlier.
 MAX_AUTO_BATCH = 32
 
 # scorer(patches (B, 1, D, H, W), origin_mm (B, 3)) -> scores (B, D, H, W)
@@ -34,7 +34,7 @@ PatchScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class SpeedOptions:
-    """How the networks run; every setting keeps the map within the tolerance that Testing/core/test_speed_paths.py checks."""
+    """Settings of how the networks run; each keeps the map within the tolerance that Testing/core/test_speed_paths.py checks."""
 
     # False runs the model as trained: no folding, no layout change, float32.
     fast: bool = True
@@ -56,6 +56,9 @@ class SpeedOptions:
     skip_outside_body: bool = True
     # Blending of overlapping patches: "constant" (plain mean) or "gaussian".
     blend: str = "constant"
+    # CUDA only: let cuDNN time its convolution algorithms once per shape and keep the
+    # fastest (torch.backends.cudnn.benchmark, a process-wide setting).
+    cudnn_benchmark: bool = True
 
 
 def autocast_dtype(device: torch.device, options: SpeedOptions) -> torch.dtype | None:
@@ -130,6 +133,8 @@ def build_patch_scorer(model: nn.Module, device: torch.device, options: SpeedOpt
     """Return scorer(patches, origin_mm) for `device` with the options' precision, layout and threads."""
     module = prepare_model(model, device, options)
     dtype = autocast_dtype(device, options)
+    if device.type == "cuda" and options.fast and options.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
 
     def score(patches: torch.Tensor, origin_mm: torch.Tensor) -> torch.Tensor:
         context = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import shared_ct_path
+from screener_testdata import shared_ct_path
 from torch import nn
 
 from ScreenerCore.config import ConditionConfig, ModelConfig, NetConfig, PreprocessingConfig
@@ -81,7 +81,8 @@ def test_fast_path_matches_plain_on_ct(speed_model, ct_crop):
     plain_map = sitk.GetArrayFromImage(plain.anomaly_map)
     fast_map = sitk.GetArrayFromImage(fast.anomaly_map)
     body = plain.model_grid.body_mask
-    assert body.any() and not body.all()
+    assert body.any()
+    assert not body.all()
     assert np.ptp(plain.model_grid_map[body]) > 100 * FLOAT32_TOLERANCE_NATS
     assert np.abs(fast.model_grid_map - plain.model_grid_map).max() <= FLOAT32_TOLERANCE_NATS
     assert np.abs(fast_map - plain_map).max() <= FLOAT32_TOLERANCE_NATS
@@ -154,7 +155,7 @@ def test_blend_normalisers_equal_summed_weights(mode, shape):
 
 
 def border_sensitive_predictor():
-    """A random 3D conv: its zero padding makes a voxel's score depend on the patch that holds it."""
+    """A random 3D conv: its zero padding makes a voxel's score depend on the patch that contains it."""
     torch.manual_seed(5)
     conv = nn.Conv3d(1, 1, 5, padding=2)
 
