@@ -1,31 +1,16 @@
-"""Shared fixtures: paths to the real CT data beside the checkout, the shipped example, small model packages."""
+"""Shared fixtures: the real CT data beside the checkout and small model packages."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The real CT collection lies beside the checkout, in ../shared/data/ct (see its README for sources).
-SHARED_CT = REPO_ROOT.parent / "shared" / "data" / "ct"
-EXAMPLE_CT = REPO_ROOT / "examples" / "lung2_example.nii.gz"
+from screener_testdata import EXAMPLE_CT, REPO_ROOT, SHARED_CT, shared_ct_path  # noqa: F401 - re-exported
 
 # Two threads match the CI machine; more only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def shared_ct_path(relative: str) -> Path:
-    """Return a path under the shared CT folder; skip the test when it is absent outside CI, fail in CI."""
-    path = SHARED_CT / relative
-    if not path.exists():
-        message = f"real CT data not found at {path}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture

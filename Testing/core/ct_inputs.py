@@ -30,7 +30,7 @@ def abdomen_crop_from(path: Path) -> sitk.Image:
 
 @pytest.fixture(scope="session")
 def abdomen_crop() -> sitk.Image:
-    from conftest import shared_ct_path
+    from screener_testdata import shared_ct_path
 
     return abdomen_crop_from(shared_ct_path(ABDOMEN_CT))
 

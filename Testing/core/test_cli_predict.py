@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import EXAMPLE_CT
+from screener_testdata import EXAMPLE_CT
 from ScreenerCore.io import same_geometry
 from ScreenerCore.package import bundled_model_folder
 

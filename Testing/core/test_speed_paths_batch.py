@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from conftest import shared_ct_path
+from screener_testdata import shared_ct_path
 from ScreenerCore.batch import (BatchItem, is_batch_input, is_complete, plan_batch, read_input_list, run_items,
                                 scan_stem, shard)
 from ScreenerCore.cli import main

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import slicer
-from conftest import shared_ct_path
+from screener_testdata import shared_ct_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_FOLDER = REPO_ROOT / "ScreenerExtension" / "ScreenerModule"

@@ -49,7 +49,7 @@ class ScreenedScene:
 
 @pytest.fixture(scope="module")
 def screened(calibrated_model_folder):
-    from conftest import shared_ct_path
+    from screener_testdata import shared_ct_path
 
     return ScreenedScene(calibrated_model_folder, shared_ct_path(TEST_CT))
 
@@ -203,7 +203,7 @@ def test_existing_result_restores_threshold_scale(screened):
 
 
 def test_rerun_leaves_one_of_each_output(calibrated_model_folder):
-    from conftest import shared_ct_path
+    from screener_testdata import shared_ct_path
 
     first = ScreenedScene(calibrated_model_folder, shared_ct_path(TEST_CT))
     nodes_after_first = first.scene.GetNumberOfNodes()
