@@ -166,6 +166,8 @@ class ScreenerLogic:
                 input_path=input_path, output_path=work_folder / "anomaly_map.nrrd",
                 python_executable=self.python_executable, model=settings.model or None,
                 device=settings.device.lower(), top_percent=settings.top_percent,
+                # NOTE: inside Slicer the child is the PythonSlicer launcher. It is expected to keep
+                # PYTHONPATH entries from the environment; this has not been run in Slicer itself yet.
                 python_paths=[str(Path(ScreenerCore.__file__).resolve().parents[1])],
             )
             job = PredictJob.start(self.runner, request, on_progress)
