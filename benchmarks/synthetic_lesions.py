@@ -2,12 +2,13 @@
 
 Usage:
     python benchmarks/synthetic_lesions.py --volume CT [--volume CT ...] [--model NAME_OR_FOLDER]
-        [--lesions-per-site 4] [--seed 0] [--save DIR]
+        [--ignore-mask MASK ...] [--lesions-per-site 4] [--seed 0] [--save DIR]
 
 Lesions are blobs of 5 to 50 mm diameter with soft-tissue texture and soft edges, placed in
 lung, in soft tissue (liver, spleen, muscle) and in fat. Use only volumes the model was not
-trained on (leave-one-volume-out); the script stops when a volume's file name appears in
-the model's provenance.training_data. Scores are voxel AUROC and AUROC up to FPR 0.3 over
+trained on: a training CT left out of that model's training (leave-one-volume-out), or an
+evaluation CT with its real lesions passed as --ignore-mask. The script stops when a
+volume's file name appears in the model's provenance.training_data. Scores are voxel AUROC and AUROC up to FPR 0.3 over
 the whole volume, next to the intensity score -|HU - 40|.
 """
 
@@ -138,6 +139,8 @@ def insert_lesions(image: sitk.Image, lesions_per_site: int, rng: np.random.Gene
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume", action="append", required=True, help="held-out CT (repeat for several)")
+    parser.add_argument("--ignore-mask", action="append", default=[],
+                        help="mask of real lesions to leave out of the metrics, one per --volume in the same order")
     parser.add_argument("--model", default=None, help="model name or package folder (default: bundled)")
     parser.add_argument("--lesions-per-site", type=int, default=4, help="lesions in each of lung, soft tissue, fat")
     parser.add_argument("--seed", type=int, default=0)
@@ -150,13 +153,19 @@ def main() -> None:
     print()
     print("| volume | lesions | AUROC | AUROC up to FPR 0.3 | -abs(HU-40) AUROC | -abs(HU-40) up to FPR 0.3 |")
     print("|---|---|---|---|---|---|")
-    for volume in args.volume:
+    if args.ignore_mask and len(args.ignore_mask) != len(args.volume):
+        raise SystemExit("Give either no --ignore-mask or one per --volume.")
+    for number, volume in enumerate(args.volume):
         if Path(volume).name in trained_on:
             raise SystemExit(f"{volume} is in the model's training data; pick a held-out volume.")
         rng = np.random.default_rng(args.seed)
         image, labels, records = insert_lesions(read_ct(volume), args.lesions_per_site, rng)
         scores = sitk.GetArrayFromImage(compute_anomaly_map(image, model, name=volume).anomaly_map)
         baseline = -np.abs(sitk.GetArrayFromImage(image) - 40.0)
+        if args.ignore_mask:
+            # Real lesions are neither synthetic positives nor normal tissue, so they leave the metric.
+            keep = sitk.GetArrayFromImage(sitk.ReadImage(args.ignore_mask[number])) == 0
+            scores, baseline, labels = scores[keep], baseline[keep], labels[keep]
         print(f"| {Path(volume).name} | {len(records)} | {auroc(scores, labels):.3f} | "
               f"{auroc(scores, labels, MAX_FPR):.3f} | {auroc(baseline, labels):.3f} | "
               f"{auroc(baseline, labels, MAX_FPR):.3f} |")
