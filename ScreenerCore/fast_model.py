@@ -7,8 +7,11 @@ Rewrites, each exact in real arithmetic, so only float rounding changes the scor
   net's 1x1x1 head folded into the density's first 3x3x3 convolution, since nothing
   nonlinear lies between them. The head's bias becomes an extra input channel of ones,
   zero-padded like the features, so border voxels get exactly the bias they had;
-- the Gaussian negative log-likelihood computed in place, without full-size temporaries;
-- channels-last 3D memory layout (NDHWC), which oneDNN and cuDNN convolutions prefer.
+- the density's last convolution split into one for the mean and one for the
+  log-variance, so both come out dense in the descriptors' layout, and the Gaussian
+  negative log-likelihood computed in place on them, without full-size temporaries;
+- channels-last 3D memory layout (NDHWC), which oneDNN and cuDNN convolutions prefer;
+- on the CPU, every 3D convolution through oneDNN (`OneDnnConv3d`).
 
 The original model is not modified. Other condition and density kinds keep their
 modules and get the folding and layout only.
@@ -74,16 +77,54 @@ def fold_head_into_conv(head: nn.Conv3d, conv: nn.Conv3d) -> nn.Conv3d:
     return folded.to(conv.weight.device, conv.weight.dtype)
 
 
-def gaussian_nll_in_place(y: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
-    """Return -log N(y; mean, exp(log_variance)) summed over channels, overwriting y and parameters.
+class OneDnnConv3d(nn.Conv3d):
+    """A Conv3d that runs through oneDNN on the CPU in float32, whatever the batch size.
 
-    `parameters` is (B, 2C, ...) with the mean first and the log-variance second, as the
-    conditional Gaussian predicts them. Same formula as models.density.gaussian_nll, in
-    an order that needs one (B, ...) output instead of several (B, C, ...) temporaries.
+    PyTorch (2.13 and earlier) sends a float32 CPU convolution with batch size 1 and
+    fewer than 20480 values in the input's first four dimensions, or a 1x1x1 kernel on
+    one thread, to its slower im2col kernel. Those are exactly the first layers and the
+    coarsest level of these U-Nets when each CPU thread scores one patch. Other devices
+    and dtypes use nn.Conv3d's own path.
     """
-    # Slices rather than chunk(): autograd rejects in-place changes to outputs of chunk() outside inference mode.
-    channels = parameters.shape[1] // 2
-    mean, log_variance = parameters[:, :channels], parameters[:, channels:]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (input.device.type == "cpu" and input.dtype == torch.float32 and self.padding_mode == "zeros"
+                and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()):
+            return torch.mkldnn_convolution(input, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
+        return super().forward(input)
+
+
+def use_onednn_convolutions(module: nn.Module) -> nn.Module:
+    """Turn every plain nn.Conv3d inside `module` into a OneDnnConv3d with the same weights, in place."""
+    for child in module.modules():
+        if type(child) is nn.Conv3d and isinstance(child.padding, tuple):
+            child.__class__ = OneDnnConv3d
+    return module
+
+
+def split_output_conv(conv: nn.Conv3d) -> tuple[nn.Conv3d, nn.Conv3d]:
+    """Split a conv with 2C output channels into two convs with the first and the last C."""
+    halves = []
+    channels = conv.out_channels // 2
+    for part in (slice(0, channels), slice(channels, 2 * channels)):
+        half = nn.Conv3d(conv.in_channels, channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                         dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        with torch.no_grad():
+            half.weight.copy_(conv.weight[part])
+            if conv.bias is not None:
+                half.bias.copy_(conv.bias[part])
+        halves.append(half.to(conv.weight.device, conv.weight.dtype))
+    return halves[0], halves[1]
+
+
+def gaussian_nll_in_place(y: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """Return -log N(y; mean, exp(log_variance)) summed over channels, overwriting y and log_variance.
+
+    Same formula as models.density.gaussian_nll, in an order that needs one (B, ...)
+    output instead of several (B, C, ...) temporaries. The inputs should share one
+    memory layout, so the elementwise steps run over dense memory.
+    """
     log_variance.clamp_(MIN_LOG_VARIANCE, MAX_LOG_VARIANCE)
     nll = log_variance.sum(dim=1)
     precision = log_variance.neg_().exp_()
@@ -95,7 +136,7 @@ def gaussian_nll_in_place(y: torch.Tensor, parameters: torch.Tensor) -> torch.Te
 class FastScreenerModel(nn.Module):
     """Scores patches like ScreenerModel.forward, with the rewrites of this module's docstring."""
 
-    def __init__(self, model: ScreenerModel, channels_last: bool = True):
+    def __init__(self, model: ScreenerModel, channels_last: bool = True, onednn: bool = True):
         super().__init__()
         if model.training:
             raise ValueError("FastScreenerModel needs a model in eval mode; call .eval() first.")
@@ -110,8 +151,11 @@ class FastScreenerModel(nn.Module):
         self.folded_density = None
         if self.condition is not None and isinstance(source.density, ConditionalGaussian):
             layers = list(source.density.predictor)
-            self.folded_density = nn.Sequential(fold_head_into_conv(self.condition.head, layers[0]), *layers[1:])
+            self.folded_density = nn.Sequential(fold_head_into_conv(self.condition.head, layers[0]), *layers[1:-1])
+            self.mean_conv, self.log_variance_conv = split_output_conv(layers[-1])
             self.condition.head = nn.Identity()
+        if onednn:
+            use_onednn_convolutions(self)
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
 
@@ -129,8 +173,10 @@ class FastScreenerModel(nn.Module):
             # The density runs in float32 even under autocast, as in ScreenerModel.forward.
             with torch.autocast(device_type=intensity.device.type, enabled=False):
                 features = self.layout(torch.cat([features.float(), ones.float()], dim=1))
-                parameters = self.folded_density(features)
-                return gaussian_nll_in_place(descriptors.float(), parameters)
+                hidden = self.folded_density(features)
+                mean, log_variance = self.mean_conv(hidden), self.log_variance_conv(hidden)
+                y = descriptors.float().contiguous(memory_format=mean_format(mean))
+                return gaussian_nll_in_place(y, mean, log_variance)
 
         if self.condition is not None:
             condition = self.condition(self.layout(torch.cat([intensity, torch.ones_like(intensity)], dim=1)))
@@ -141,12 +187,20 @@ class FastScreenerModel(nn.Module):
             return self.base.density(descriptors.float(), condition)
 
 
+def mean_format(tensor: torch.Tensor) -> torch.memory_format:
+    """Return channels_last_3d when `tensor` is stored that way, else the default layout."""
+    if tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def count_flops(model: nn.Module, patch_size, device: torch.device | str = "cpu", divisor: int = 4) -> int:
     """Count the floating-point operations of `model` on one patch with torch.utils.flop_counter.
 
     A multiply-add counts as two operations, as FlopCounterMode does (PyTorch 2.1 and later).
     Only operators that FlopCounterMode knows are counted (convolutions, matrix products);
-    elementwise work is left out, so this is a lower bound on the work. To keep this
+    elementwise work is left out, so this is a lower bound on the work. It does not know
+    torch.mkldnn_convolution: count a FastScreenerModel built with onednn=False. To keep this
     cheap, the model runs on a patch `divisor` times smaller per axis and the count is
     scaled by the voxel ratio. That is exact for these fully convolutional nets when
     every pooling level still divides the smaller patch.

@@ -8,6 +8,7 @@ absolute difference; scores of these models are tens of nats.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -18,7 +19,7 @@ from screener_testdata import shared_ct_path
 from torch import nn
 
 from ScreenerCore.config import ConditionConfig, ModelConfig, NetConfig, PreprocessingConfig
-from ScreenerCore.fast_model import FastScreenerModel, fold_head_into_conv
+from ScreenerCore.fast_model import FastScreenerModel, OneDnnConv3d, fold_head_into_conv, use_onednn_convolutions
 from ScreenerCore.io import read_ct
 from ScreenerCore.models import ScreenerModel
 from ScreenerCore.package import load_model_package, save_model_package
@@ -136,6 +137,19 @@ def test_head_folding_exact_at_borders():
     assert torch.allclose(folded, expected, atol=1e-5)
     assert torch.allclose(naive[..., 1:-1, 1:-1, 1:-1], expected[..., 1:-1, 1:-1, 1:-1], atol=1e-5)
     assert torch.abs(naive - expected).max() > 1e-2
+
+
+@pytest.mark.parametrize("in_channels,out_channels,kernel,batch", [(1, 4, 3, 1), (2, 4, 3, 2), (4, 8, 1, 1)])
+def test_onednn_conv_matches_conv3d(in_channels, out_channels, kernel, batch):
+    torch.manual_seed(4)
+    conv = nn.Conv3d(in_channels, out_channels, kernel, padding=kernel // 2)
+    converted = use_onednn_convolutions(nn.Sequential(copy.deepcopy(conv)))[0]
+    features = torch.randn(batch, in_channels, 12, 10, 9)
+    with torch.no_grad():
+        expected = conv(features)
+        result = converted(features)
+    assert type(converted) is OneDnnConv3d
+    assert torch.allclose(result, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
