@@ -149,7 +149,9 @@ def register(subparsers) -> None:
                         help="raw score threshold in nats; overrides --threshold")
     parser.add_argument("--min-volume-ml", type=float, default=0.0, help="drop findings smaller than this, in ml")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=2, help="patches per network call (default 2)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="patches per network call; 0 (default) picks it from the free GPU memory, "
+                             "or one patch per CPU thread")
     parser.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar",
                         help="progress as a bar on stderr, JSON lines on stdout, or none")
     parser.add_argument("--allow-non-hu", action="store_true",
