@@ -7,6 +7,10 @@ score -log q(y | c) of a voxel does not depend on its neighbours' descriptors. T
 condition c enters through a shared encoder (one 3x3x3 conv, as in the conditional
 Gaussian), whose features feed every coupling net and predict an offset to every
 act-norm scale and shift.
+
+The steps work on voxels as rows of an (N, C) matrix: the 1x1x1 convolutions keep
+their Conv3d weights but run as matrix products, which on CPU is about ten times
+faster than PyTorch's 3D convolution with a 1x1x1 kernel (torch 2.13).
 """
 
 from __future__ import annotations
@@ -23,6 +27,22 @@ from ..config import DensityConfig
 LOG_2PI = math.log(2 * math.pi)
 # Each coupling scales by at most exp(+-3) per step, which keeps early training finite.
 COUPLING_LOG_SCALE_BOUND = 3.0
+
+
+def _pointwise(conv: nn.Conv3d, rows: torch.Tensor) -> torch.Tensor:
+    """Apply a 1x1x1 Conv3d to voxel rows (N, in_channels), returning (N, out_channels)."""
+    return F.linear(rows, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+
+
+def _to_rows(volume: torch.Tensor) -> torch.Tensor:
+    """Return (B, C, D, H, W) as voxel rows (B * D * H * W, C)."""
+    return volume.movedim(1, -1).reshape(-1, volume.shape[1])
+
+
+def _to_volume(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Return voxel rows (N, C) in the (B, C, D, H, W) layout of `like`."""
+    batch, _, *spatial = like.shape
+    return rows.view(batch, *spatial, rows.shape[1]).movedim(-1, 1)
 
 
 class ActNorm(nn.Module):
@@ -47,7 +67,7 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, y: torch.Tensor) -> None:
-        moments = torch.stack([y.mean(dim=(0, 2, 3, 4)), (y * y).mean(dim=(0, 2, 3, 4))])
+        moments = torch.stack([y.mean(dim=0), (y * y).mean(dim=0)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(moments)
             moments /= dist.get_world_size()
@@ -58,21 +78,22 @@ class ActNorm(nn.Module):
         self.initialized.fill_(True)
 
     def _parameters_for(self, features: torch.Tensor | None):
-        shift = self.shift.view(1, -1, 1, 1, 1)
-        log_scale = self.log_scale.view(1, -1, 1, 1, 1)
+        shift = self.shift.view(1, -1)
+        log_scale = self.log_scale.view(1, -1)
         if self.condition_offsets is not None:
-            shift_offset, log_scale_offset = self.condition_offsets(features).chunk(2, dim=1)
+            shift_offset, log_scale_offset = _pointwise(self.condition_offsets, features).chunk(2, dim=1)
             shift = shift + shift_offset
             log_scale = log_scale + log_scale_offset
         return shift, log_scale
 
     def forward(self, y: torch.Tensor, features: torch.Tensor | None = None):
+        """Map voxel rows y (N, C) to z (N, C) and return z with log|det| per row (N,)."""
         if self.training and not bool(self.initialized):
             self._initialize(y)
         shift, log_scale = self._parameters_for(features)
         z = (y + shift) * torch.exp(log_scale)
-        # log_scale is (1, C, 1, 1, 1) or, conditional, (B, C, D, H, W); either way this gives (B, D, H, W).
-        return z, log_scale.sum(dim=1).expand(z.shape[0], *z.shape[2:])
+        # log_scale is (1, C), or (N, C) when conditional; either way this gives (N,).
+        return z, log_scale.sum(dim=1).expand(z.shape[0])
 
     def inverse(self, z: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         shift, log_scale = self._parameters_for(features)
@@ -105,13 +126,11 @@ class InvertibleConv1x1x1(nn.Module):
         return self.permutation @ lower @ upper
 
     def forward(self, y: torch.Tensor, features: torch.Tensor | None = None):
-        weight = self.weight()
-        z = F.conv3d(y, weight.view(*weight.shape, 1, 1, 1))
-        return z, self.log_s.sum().expand(z.shape[0], *z.shape[2:])
+        z = F.linear(y, self.weight())
+        return z, self.log_s.sum().expand(z.shape[0])
 
     def inverse(self, z: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        inverse = torch.linalg.inv(self.weight())
-        return F.conv3d(z, inverse.view(*inverse.shape, 1, 1, 1))
+        return F.linear(z, torch.linalg.inv(self.weight()))
 
 
 class AffineCoupling(nn.Module):
@@ -136,8 +155,10 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def _scale_and_shift(self, kept: torch.Tensor, features: torch.Tensor | None):
-        inputs = kept if features is None else torch.cat([kept, features], dim=1)
-        raw_log_scale, shift = self.net(inputs).chunk(2, dim=1)
+        hidden = kept if features is None else torch.cat([kept, features], dim=1)
+        for layer in self.net:
+            hidden = _pointwise(layer, hidden) if isinstance(layer, nn.Conv3d) else layer(hidden)
+        raw_log_scale, shift = hidden.chunk(2, dim=1)
         log_scale = COUPLING_LOG_SCALE_BOUND * torch.tanh(raw_log_scale / COUPLING_LOG_SCALE_BOUND)
         return log_scale, shift
 
@@ -180,34 +201,39 @@ class GlowDensity(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def _features(self, condition: torch.Tensor | None) -> torch.Tensor | None:
+        """Return the encoded condition as voxel rows (N, hidden), or None for the marginal flow."""
         if self.condition_encoder is None:
             return None
         if condition is None:
             raise ValueError("This flow is conditional; pass the condition features.")
-        return self.condition_encoder(condition)
+        return _to_rows(self.condition_encoder(condition))
 
-    def transform(self, y: torch.Tensor, condition: torch.Tensor | None = None):
-        """Return z = f(y | c) and log|det df/dy| per voxel, shaped (B, D, H, W)."""
+    def _transform_rows(self, y: torch.Tensor, condition: torch.Tensor | None):
         features = self._features(condition)
-        log_determinant = torch.zeros(y.shape[0], *y.shape[2:], dtype=y.dtype, device=y.device)
-        z = y
+        z = _to_rows(y)
+        log_determinant = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for layer in self.layers:
             z, layer_log_determinant = layer(z, features)
             log_determinant = log_determinant + layer_log_determinant
         return z, log_determinant
 
+    def transform(self, y: torch.Tensor, condition: torch.Tensor | None = None):
+        """Return z = f(y | c), shaped like y, and log|det df/dy| per voxel, shaped (B, D, H, W)."""
+        z, log_determinant = self._transform_rows(y, condition)
+        return _to_volume(z, y), log_determinant.view(y.shape[0], *y.shape[2:])
+
     def inverse(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Return y with f(y | c) = z."""
         features = self._features(condition)
-        y = z
+        y = _to_rows(z)
         for layer in reversed(self.layers):
             y = layer.inverse(y, features)
-        return y
+        return _to_volume(y, z)
 
     def forward(self, y: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        z, log_determinant = self.transform(y, condition)
+        z, log_determinant = self._transform_rows(y, condition)
         base_nll = 0.5 * (z * z).sum(dim=1) + 0.5 * z.shape[1] * LOG_2PI
-        return base_nll - log_determinant
+        return (base_nll - log_determinant).view(y.shape[0], *y.shape[2:])
 
 
 def build_flow(config: DensityConfig, descriptor_channels: int, condition_channels: int) -> GlowDensity:
