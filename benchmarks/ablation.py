@@ -32,8 +32,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CT = REPO_ROOT.parent / "shared" / "data" / "ct"
 
-# One budget for every configuration, sized so that the whole table takes 30 to 60 minutes on
-# 2 CPU threads. That is an estimate from a trial run on the 2-core test machine, where one
+# One budget for every configuration, sized so that the whole table takes about an hour on one
+# CPU thread. That is an estimate from a trial run on the 2-core test machine, where one
 # U-Net pass over a 96-voxel patch with the default widths (16 32 64) took about 5 to 20 s
 # depending on load. Half-width nets (8 16 32) cost about a quarter of that, in training
 # and in scoring the evaluation CTs alike.
@@ -73,15 +73,21 @@ ROWS = [
       for condition in ("none", "sincos", "masked") for density in ("gaussian", "flow")),
     Row("infonce32-masked-flow", "infonce", 32, "masked", "flow"),
     Row("vicreg128-masked-flow", "vicreg", 128, "masked", "flow"),
+    # InfoNCE in the cheapest setting, comparable with vicreg32-none-gaussian at a fraction of the cost.
+    Row("infonce32-none-gaussian", "infonce", 32, "none", "gaussian"),
 ]
 BASELINE = "intensity-baseline"
+# The flags of the shared condition-net stage (only --objective and the budget matter to it).
+CONDITION_ROW = Row("condition", "vicreg", 32, "masked", "gaussian")
 
 
 class Runner:
     """Runs commands with a fixed thread count, logging each with its wall time."""
 
-    def __init__(self, threads: int, log_path: Path):
+    def __init__(self, threads: int, log_path: Path, dry_run: bool = False):
         self.threads = threads
+        # In a dry run nothing is started: run() returns stored times and raises for stages not done.
+        self.dry_run = dry_run
         self.log_path = log_path
         self.environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
@@ -90,6 +96,8 @@ class Runner:
         if done_marker.exists() and timing_file.is_file():
             logger.info("Skipping (done): %s", shlex.join(command))
             return float(timing_file.read_text())
+        if self.dry_run:
+            raise FileNotFoundError(f"Stage not done: {shlex.join(command)}")
         logger.info("Running: %s", shlex.join(command))
         started = time.perf_counter()
         with open(self.log_path, "a", encoding="utf-8") as log:
@@ -135,8 +143,7 @@ def run_row(row: Row, runner: Runner, work_root: Path, cache: Path, results: Pat
                      "seconds": times["descriptor"]})
     if row.condition == "masked":
         # The condition net does not depend on the descriptor, so every masked row shares one.
-        command = train_command("condition", Row("condition", "vicreg", 32, "masked", "gaussian"), condition_work,
-                                cache, runner.threads, [])
+        command = train_command("condition", CONDITION_ROW, condition_work, cache, runner.threads, [])
         times["condition"] = runner.run(command, condition_work / "condition.safetensors",
                                         condition_work / "condition.wall_s")
         commands.append({"row": row.name, "stage": "condition", "command": shlex.join(command),
@@ -202,8 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for trained nets, packages and the preprocessing cache")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "benchmarks" / "ablation_results",
                         help="folder for the CSV and markdown results")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per command (default 2)")
+    # One thread by default: on the 2-core test machine, shared with other jobs, a 2-thread descriptor
+    # step took about 24 s and a 1-thread step about 2.4 s, because OpenMP threads wait for each other.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per command (default 1)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these configurations (names as in ROWS)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="start nothing; write the tables from the rows already finished")
+    parser.add_argument("--shared-only", action="store_true",
+                        help="train only the shared stages (descriptors, masked condition net) of the selected "
+                             "rows, e.g. in a second process beside a running ablation, which then skips them")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="preprocessing cache shared with other runs (default WORK_ROOT/cache)")
     parser.add_argument("--override", nargs="+", default=[], metavar="FLAG=VALUE",
@@ -220,8 +234,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args.results.mkdir(parents=True, exist_ok=True)
     args.work_root.mkdir(parents=True, exist_ok=True)
-    runner = Runner(args.threads, args.results / "ablation.log")
+    runner = Runner(args.threads, args.results / "ablation.log", dry_run=args.tables_only)
     (args.results / "budget.json").write_text(json.dumps({"budget": BUDGET, "threads": args.threads}, indent=2) + "\n")
+
+    if args.shared_only:
+        cache = args.cache_dir or args.work_root / "cache"
+        selected = [row for row in ROWS if not args.only or row.name in args.only]
+        for row in selected:
+            work = args.work_root / row.descriptor_key
+            runner.run(train_command("descriptor", row, work, cache, runner.threads, []),
+                       work / "descriptor.safetensors", work / "descriptor.wall_s")
+        if any(row.condition == "masked" for row in selected):
+            work = args.work_root / "condition"
+            runner.run(train_command("condition", CONDITION_ROW, work, cache, runner.threads, []),
+                       work / "condition.safetensors", work / "condition.wall_s")
+        return 0
 
     row_times, commands = {}, []
     # The baseline first: it takes seconds, and the table has its reference row even if a run stops early.
@@ -233,8 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in ROWS:
         if args.only and row.name not in args.only:
             continue
-        row_times[row.name] = run_row(row, runner, args.work_root, args.cache_dir or args.work_root / "cache",
-                                      args.results, commands)
+        try:
+            row_times[row.name] = run_row(row, runner, args.work_root, args.cache_dir or args.work_root / "cache",
+                                          args.results, commands)
+        except FileNotFoundError as error:
+            if not args.tables_only:
+                raise
+            logger.warning("Leaving %s out of the tables: %s", row.name, error)
+            commands[:] = [entry for entry in commands if entry["row"] != row.name]
+            continue
         write_tables(args.results, row_times, commands)
     write_tables(args.results, row_times, commands)
     logger.info("Ablation finished; table in %s", args.results / "ablation.md")
