@@ -29,6 +29,8 @@ class PreprocessingConfig:
     patch_size: tuple[int, int, int] = (96, 96, 96)
     # Fraction of the patch that neighbouring patches share along each axis, in [0, 1).
     overlap: float = 0.25
+    # Gaussian sigma in mm applied to the score map on the model grid; 0 turns smoothing off.
+    score_smoothing_mm: float = 0.0
 
 
 @dataclass

@@ -16,6 +16,7 @@ from .device import resolve_device
 from .errors import OperationCancelled
 from .fallback import check_device_runs_model, run_with_fallback
 from .package import LoadedModel
+from .postprocessing import smooth_scores
 from .preprocessing import ModelGridVolume, hu_to_intensity, to_input_grid, to_model_grid
 from .sliding_window import CancelFlag, sliding_window_scores
 from .speed import SpeedOptions, auto_batch_size, build_patch_scorer, configure_threads
@@ -126,7 +127,7 @@ def compute_anomaly_map(
     scores, torch_device, batch_size = run_with_fallback(score_patches, torch_device, batch_size)
     timings["inference"] = time.perf_counter() - started
 
-    # Step 3: floor outside the body, then resample onto the input grid.
+    # Step 3: floor outside the body, smooth at lesion scale, then resample onto the input grid.
     started = time.perf_counter()
     if calibration is not None:
         floor = calibration.floor
@@ -135,6 +136,10 @@ def compute_anomaly_map(
     else:
         floor = float(scores.min())
     scores = np.where(grid.body_mask, np.maximum(scores, floor), floor).astype(np.float32)
+    if config.score_smoothing_mm > 0:
+        # Smoothing mixes the floor into voxels at the body's edge; floor the outside again after it.
+        scores = smooth_scores(scores, grid.reference.GetSpacing()[::-1], config.score_smoothing_mm)
+        scores = np.where(grid.body_mask, np.maximum(scores, floor), floor).astype(np.float32)
     anomaly_map = to_input_grid(scores, grid.reference, image, default_value=floor)
     timings["resample"] = time.perf_counter() - started
     report("resample", 1.0)

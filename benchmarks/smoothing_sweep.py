@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--sigmas-mm", nargs="+", type=float, default=[0.0, 2.0, 4.0, 6.0])
     args = parser.parse_args()
     model = load_model(args.model)
+    # Sweep from the raw map: switch off the package's own smoothing.
+    model.config.preprocessing.score_smoothing_mm = 0.0
 
     results = {sigma: [] for sigma in args.sigmas_mm}
     names = []

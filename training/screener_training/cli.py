@@ -30,6 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="model grid spacing in mm (default 2 2 2)")
     group.add_argument("--patch-size", type=int, default=96, help="inference patch edge in voxels (default 96)")
     group.add_argument("--overlap", type=float, default=0.25, help="inference patch overlap fraction (default 0.25)")
+    group.add_argument("--score-smoothing-mm", type=float, default=0.0,
+                       help="Gaussian sigma in mm for the score map at inference and calibration (default 0: off)")
     group.add_argument("--channels", nargs="+", type=int, default=[16, 32, 64],
                        help="U-Net widths per level (default 16 32 64)")
     group.add_argument("--descriptor-dim", type=int, default=32, help="descriptor size d (default 32)")

@@ -60,7 +60,10 @@ def list_ct_sources(sources: list[str | Path]) -> list[Path]:
 
 def cache_key(path: Path, config: PreprocessingConfig) -> str:
     stat = path.stat()
-    text = json.dumps([str(path.resolve()), stat.st_mtime_ns, stat.st_size, asdict(config)], sort_keys=True)
+    settings = asdict(config)
+    # Score smoothing acts after inference, so it must not invalidate cached preprocessing.
+    settings.pop("score_smoothing_mm", None)
+    text = json.dumps([str(path.resolve()), stat.st_mtime_ns, stat.st_size, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

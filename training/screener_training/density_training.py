@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ScreenerCore.calibration import Calibration
 from ScreenerCore.models import ScreenerModel
+from ScreenerCore.postprocessing import smooth_scores
 
 from .checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint
 from .data import TrainingVolume
@@ -134,7 +135,9 @@ def calibrate(model: ScreenerModel, volumes: list[TrainingVolume], crop_size: in
             for _ in range(crops_per_volume):
                 crop, mask, start = sample_plain_crop(volume, crop_size, rng, pad_value)
                 origin = crop_origin_mm(volume, start)[None].to(context.device)
-                scores = model(crop[None].to(context.device), origin)[0].cpu()
+                scores = model(crop[None].to(context.device), origin)[0].cpu().numpy()
+                # The same smoothing as at inference, so thresholds match the maps users see.
+                scores = smooth_scores(scores, volume.spacing_mm[::-1], model.config.preprocessing.score_smoothing_mm)
                 inside = mask[inner, inner, inner]
-                samples.append(scores[inner, inner, inner][inside].numpy())
+                samples.append(scores[inner, inner, inner][inside.numpy()])
     return Calibration.from_scores(gather_arrays(np.concatenate(samples), context))

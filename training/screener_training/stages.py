@@ -37,7 +37,8 @@ logger = logging.getLogger("screener_training")
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     spacing = tuple(float(s) for s in args.spacing)
-    preprocessing = PreprocessingConfig(spacing_mm=spacing, patch_size=(args.patch_size,) * 3, overlap=args.overlap)
+    preprocessing = PreprocessingConfig(spacing_mm=spacing, patch_size=(args.patch_size,) * 3, overlap=args.overlap,
+                                        score_smoothing_mm=getattr(args, "score_smoothing_mm", 0.0))
     descriptor = NetConfig(in_channels=1, out_channels=args.descriptor_dim, channels=tuple(args.channels))
     condition = ConditionConfig(kind=args.condition, frequencies=args.sincos_frequencies,
                                 max_wavelength_mm=args.sincos_max_wavelength)
