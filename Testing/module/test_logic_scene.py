@@ -147,12 +147,20 @@ def test_volume_rendering_shows_only_above_threshold(screened):
 def test_show_3d_toggles_rendering_and_surface(screened):
     logic, result = screened.logic, screened.result
     display = logic.volume_rendering_logic.GetFirstVolumeRenderingDisplayNode(result.map_node)
+    surface_name = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
     logic.set_show_3d(result, False)
     assert not display.GetVisibility()
     assert not result.segmentation_node.GetDisplayNode().GetVisibility3D()
+    assert not result.segmentation_node.GetSegmentation().ContainsRepresentation(surface_name)
+    logic.apply_threshold(result, 2.0)
+    assert not display.GetVisibility()
+    assert not result.segmentation_node.GetSegmentation().ContainsRepresentation(surface_name)
+
     logic.set_show_3d(result, True)
     assert display.GetVisibility()
     assert result.segmentation_node.GetDisplayNode().GetVisibility3D()
+    assert result.segmentation_node.GetSegmentation().ContainsRepresentation(surface_name)
+    logic.apply_threshold(result, TOP_PERCENT)
 
 
 def test_findings_table_matches_connected_components(screened):

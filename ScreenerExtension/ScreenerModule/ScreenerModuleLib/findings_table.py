@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 import slicer
 import vtk
 from ScreenerCore.findings import Finding, find_findings
 
 from .thresholds import ThresholdScale
-from .volume_nodes import sitk_image_from_volume
 
 # Rows in the table at most; the highest peaks are kept. More regions than this are noise
 # for a reader, and a long table slows the GUI.
@@ -26,7 +26,7 @@ COLUMNS = (
 )
 
 
-def compute_findings(map_node, threshold: float, scale: ThresholdScale,
+def compute_findings(map_image: sitk.Image, threshold: float, scale: ThresholdScale,
                      max_findings: int = MAX_FINDINGS) -> list[Finding]:
     """Return the regions of the map above `threshold`, highest peak first, at most `max_findings`.
 
@@ -34,7 +34,7 @@ def compute_findings(map_node, threshold: float, scale: ThresholdScale,
     scale refers to this scan's voxels, not to normal tissue.
     """
     calibration = scale.calibration if scale.calibrated else None
-    return find_findings(sitk_image_from_volume(map_node), threshold, calibration, max_findings=max_findings)
+    return find_findings(map_image, threshold, calibration, max_findings=max_findings)
 
 
 def to_world(node, ras: tuple[float, float, float]) -> tuple[float, float, float]:

@@ -17,13 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ScreenerCore
+import SimpleITK as sitk
 from ScreenerCore.findings import Finding
 
 from . import findings_table, map_rendering, overlay, result_nodes, threshold_segmentation
 from .predict_job import JobState, PredictJob, PredictRequest
 from .process_runner import ProcessRunner, SubprocessRunner
 from .thresholds import ThresholdScale
-from .volume_nodes import array_view, check_has_image, export_volume, read_volume_into, same_geometry
+from .volume_nodes import (
+    array_view,
+    check_has_image,
+    export_volume,
+    read_volume_into,
+    same_geometry,
+    sitk_image_from_volume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,13 @@ class ScreenerResult:
     threshold: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     model: str | None = None
+    # The map as a SimpleITK image, converted once; the slider re-thresholds it many times.
+    map_image: sitk.Image | None = None
+
+    def map_as_image(self) -> sitk.Image:
+        if self.map_image is None:
+            self.map_image = sitk_image_from_volume(self.map_node)
+        return self.map_image
 
 
 class ScreenerRun:
@@ -247,15 +262,15 @@ class ScreenerLogic:
         result.top_percent = top_percent
         result.threshold = threshold
 
-        segment_name = f"Top {top_percent:g} % {result.scale.reference}"
-        threshold_segmentation.update_segment(result.segmentation_node, result.map_node, threshold, segment_name)
-
         rendering = map_rendering.get_or_create_rendering(self.volume_rendering_logic, result.map_node)
-        visible = rendering.GetVisibility() if show_3d is None else show_3d
+        visible = bool(rendering.GetVisibility()) if show_3d is None else show_3d
         map_rendering.update_rendering(rendering, threshold, result.scale.max_score, result.scale.floor, visible)
-        threshold_segmentation.set_surface_visible(result.segmentation_node, bool(visible))
 
-        result.findings = findings_table.compute_findings(result.map_node, threshold, result.scale)
+        segment_name = f"Top {top_percent:g} % {result.scale.reference}"
+        threshold_segmentation.update_segment(result.segmentation_node, result.map_node, threshold, segment_name,
+                                              with_surface=visible)
+
+        result.findings = findings_table.compute_findings(result.map_as_image(), threshold, result.scale)
         findings_table.fill_table(result.table_node, result.findings, result.map_node)
 
     def set_overlay_opacity(self, result: ScreenerResult, opacity: float) -> None:

@@ -25,8 +25,8 @@ def threshold_labelmap(map_node, threshold: float):
     return labelmap
 
 
-def update_segment(segmentation_node, map_node, threshold: float, segment_name: str) -> None:
-    """Make the segment the map above `threshold`, on the map's grid, and keep its closed surface."""
+def update_segment(segmentation_node, map_node, threshold: float, segment_name: str, with_surface: bool) -> None:
+    """Make the segment the map above `threshold`, on the map's grid, with a closed surface if `with_surface`."""
     segmentation = segmentation_node.GetSegmentation()
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
@@ -43,11 +43,19 @@ def update_segment(segmentation_node, map_node, threshold: float, segment_name: 
         labelmap, segmentation_node, SEGMENT_ID, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
     if not replaced:
         raise RuntimeError(f"Failed to update segment '{segment_name}' of '{segmentation_node.GetName()}'.")
-    # With the representation present, the segmentation rebuilds the surface on every labelmap change.
-    segmentation_node.CreateClosedSurfaceRepresentation()
+    set_surface_visible(segmentation_node, with_surface)
 
 
 def set_surface_visible(segmentation_node, visible: bool) -> None:
+    """Show the segment's surface in 3D, or hide it and drop the surface representation.
+
+    While the representation exists, the segmentation rebuilds it on every labelmap change,
+    which takes seconds on a full CT, so a hidden surface is not kept up to date.
+    """
+    if visible:
+        segmentation_node.CreateClosedSurfaceRepresentation()
+    else:
+        segmentation_node.RemoveClosedSurfaceRepresentation()
     display = segmentation_node.GetDisplayNode()
     if display is not None:
         display.SetVisibility3D(visible)

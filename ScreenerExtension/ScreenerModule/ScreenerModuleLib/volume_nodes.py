@@ -92,7 +92,8 @@ def sitk_image_from_volume(volume_node) -> sitk.Image:
     columns = ijk_to_ras[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)
     direction_ras = columns / spacing
-    image = sitk.GetImageFromArray(array_view(volume_node).copy())
+    # GetImageFromArray copies the voxels, so the image does not share memory with the node.
+    image = sitk.GetImageFromArray(array_view(volume_node))
     image.SetSpacing([float(value) for value in spacing])
     image.SetOrigin([float(value) for value in LPS_TO_RAS @ ijk_to_ras[:3, 3]])
     image.SetDirection([float(value) for value in (LPS_TO_RAS @ direction_ras).ravel()])
