@@ -25,4 +25,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"Device '{name}' requested but this PyTorch build sees no CUDA GPU. "
                          "Use --device cpu, or install a CUDA build of PyTorch.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"Invalid device '{name}'; use auto, cpu, cuda, gpu or cuda:N.") from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -68,6 +69,41 @@ def score_threshold(args: argparse.Namespace, calibration: Calibration | None, f
     return calibration.score_for_top_percent(args.threshold)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Raise InputError for option values that would only fail after inference."""
+    if not 0.0 <= args.threshold <= 100.0:
+        raise InputError(f"--threshold {args.threshold:g} is out of range; give a top percentage in [0, 100].")
+    if args.findings and Path(args.findings).suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"--findings '{args.findings}' must end in .csv or .json.")
+    if args.preview and Path(args.preview).suffix.lower() != ".png":
+        raise InputError(f"--preview '{args.preview}' must end in .png.")
+    if args.batch_size < 0:
+        raise InputError(f"--batch-size {args.batch_size} is invalid; give 0 (automatic) or a positive number.")
+    for path in (args.output, args.findings, args.preview):
+        if path:
+            check_parent_folders(Path(path))
+
+
+def check_parent_folders(path: Path) -> None:
+    """Raise InputError when a parent of `path` exists but is a file, so the folder cannot be made."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"Cannot write '{path}': '{parent}' is a file, not a folder. Choose another path.")
+            return
+
+
+@contextlib.contextmanager
+def output_errors_explained():
+    """Turn a failed write (no permission, a file where a folder should be, a full disk) into an InputError."""
+    try:
+        yield
+    except OSError as error:
+        target = error.filename or "an output file"
+        raise InputError(f"Cannot write '{target}': {error.strerror or error}. Choose an output folder you "
+                         "can write to, with enough free space.") from error
+
+
 def run_predict(args: argparse.Namespace, image=None, loaded=None) -> int:
     """Score args.input and write its outputs; a folder of image files or a CSV list runs as a batch.
 
@@ -84,6 +120,7 @@ def run_predict(args: argparse.Namespace, image=None, loaded=None) -> int:
     if not has_suffix(output, OUTPUT_SUFFIXES):
         raise InputError(f"Output '{output}' has an unsupported suffix; use one of {', '.join(OUTPUT_SUFFIXES)}.")
     check_output_path(output, args.input)
+    check_options(args)
     device = resolve_device(args.device)
     if image is None:
         image = read_ct(args.input, series_uid=args.series, frame=args.frame)
@@ -92,16 +129,18 @@ def run_predict(args: argparse.Namespace, image=None, loaded=None) -> int:
         loaded = load_model(args.model, device="cpu")
     result = compute_anomaly_map(image, loaded, device=str(device), batch_size=args.batch_size,
                                  progress=reporter.progress, name=str(args.input), allow_non_hu=args.allow_non_hu)
-    write_image(result.anomaly_map, output)
-    outputs = {"map": str(output)}
+    outputs = {}
+    with output_errors_explained():
+        outputs["map"] = str(write_image(result.anomaly_map, output))
 
     threshold = score_threshold(args, result.calibration, result.floor)
     findings = find_findings(result.anomaly_map, threshold, result.calibration, min_volume_ml=args.min_volume_ml)
-    if args.findings:
-        outputs["findings"] = str(write_findings(findings, args.findings))
-    if args.preview:
-        centre = findings[0].peak_lps if findings else None
-        outputs["preview"] = str(write_preview(image, result.anomaly_map, threshold, args.preview, centre))
+    with output_errors_explained():
+        if args.findings:
+            outputs["findings"] = str(write_findings(findings, args.findings))
+        if args.preview:
+            centre = findings[0].peak_lps if findings else None
+            outputs["preview"] = str(write_preview(image, result.anomaly_map, threshold, args.preview, centre))
 
     # The model's name, floor and calibration let a caller (the Slicer module) re-threshold the map
     # as "top p % of normal tissue" without loading the model package itself.

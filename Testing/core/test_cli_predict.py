@@ -76,3 +76,36 @@ def test_unsupported_output_suffix_is_rejected(tmp_path, tiny_model_folder):
     result = run_cli("predict", str(EXAMPLE_CT), "-o", str(tmp_path / "map.png"), "--model", str(tiny_model_folder))
     assert result.returncode == 2
     assert "map.png" in result.stderr
+
+
+def test_invalid_options_fail_before_inference(tmp_path, tiny_model_folder):
+    (tmp_path / "a_file").write_text("not a folder")
+    cases = [
+        (["--threshold", "-1"], "--threshold"),
+        (["--threshold", "150"], "--threshold"),
+        (["--findings", str(tmp_path / "f.txt")], "f.txt"),
+        (["--preview", str(tmp_path / "p.jpg")], "p.jpg"),
+        (["--batch-size", "-1"], "--batch-size"),
+        (["--device", "foo"], "foo"),
+        (["--findings", str(tmp_path / "a_file" / "f.csv")], "is a file"),
+    ]
+    for options, expected in cases:
+        output = tmp_path / "map.nii.gz"
+        result = run_cli("predict", str(EXAMPLE_CT), "-o", str(output), "--model", str(tiny_model_folder),
+                         "--progress", "none", *options)
+        assert result.returncode == 2, (options, result.stderr)
+        assert expected in result.stderr, (options, result.stderr)
+        assert "Traceback" not in result.stderr, options
+        assert not output.exists(), options
+
+
+def test_write_error_becomes_input_error():
+    import pytest
+
+    from ScreenerCore.cli.predict import output_errors_explained
+    from ScreenerCore.errors import InputError
+
+    # Running as root defeats permission bits, so the OSError that a read-only folder gives is raised directly.
+    with pytest.raises(InputError, match="Cannot write '/read-only/map.nii.gz'"):
+        with output_errors_explained():
+            raise PermissionError(1, "Operation not permitted", "/read-only/map.nii.gz")
