@@ -56,9 +56,10 @@ class SpeedOptions:
     compile: bool = False
     # CPU threads for PyTorch; None keeps PyTorch's choice (the physical cores).
     threads: int | None = None
-    # CPU only: patches scored at once, each on its own thread with one PyTorch thread.
-    # Small 3D convolutions scale better across patches than across threads of one
-    # convolution. 0 picks the number of PyTorch threads; 1 turns this off.
+    # CPU only: patches scored at once, each on its own thread with one PyTorch thread,
+    # so threads never wait for each other inside a layer. 0 picks the number of PyTorch
+    # threads; 1 turns this off. NOTE: not yet compared on an idle machine with all
+    # threads working on one patch.
     cpu_workers: int = 0
     # Skip patches that contain no body voxel; their voxels all get the floor score anyway.
     skip_outside_body: bool = True
