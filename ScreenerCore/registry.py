@@ -14,6 +14,7 @@ mirrors or models without changing the code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from .package import (
     check_sha256_digest,
     load_model_package,
 )
+
+logger = logging.getLogger(__name__)
 
 REGISTRY_FILES_ENV = "SCREENER_MODEL_REGISTRY"
 # Registry names cannot contain "/" or "@", so they never look like a folder path or a REPO@REV value.
@@ -205,6 +208,9 @@ def parse_model_spec(spec: str | os.PathLike | None) -> ModelSpec:
                                     "OWNER/NAME@COMMIT.") from error
         if not revision:
             raise ModelPackageError(f"Model '{text}' has no revision after '@'. Use OWNER/NAME@COMMIT.")
+        if not is_commit_hash(revision):
+            logger.warning("Model '%s' is not pinned: '%s' is a branch or tag, so the files can change between "
+                           "downloads. Use a 40-character commit hash to pin it.", text, revision)
         return ModelSpec(hub=HubSource(repo_id=repo_id, revision=revision))
 
     known = ", ".join(bundled_model_names() + [model.name for model in hub_models()]) or "none"
