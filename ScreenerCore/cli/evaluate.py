@@ -98,7 +98,11 @@ def read_mask(path: Path, image: sitk.Image) -> np.ndarray:
     """Read a pathology mask (non-zero = pathology) and check that it lies on `image`'s grid."""
     if not path.is_file():
         raise InputError(f"Mask '{path}' not found.")
-    mask = sitk.ReadImage(str(path))
+    try:
+        mask = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"Cannot read mask '{path}' as an image. Give a NIfTI, NRRD or MHA label map on the "
+                         "CT's grid.") from error
     same_grid = (mask.GetSize() == image.GetSize()
                  and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-4)
                  and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3)
