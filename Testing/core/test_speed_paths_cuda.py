@@ -33,8 +33,9 @@ FP16_TOLERANCE_NATS = 0.05
 SAME_KERNELS_TOLERANCE_NATS = 1e-4
 CUDA = torch.device("cuda")
 FLOAT32_BYTES = 4
-# Allowed difference in peak allocated device memory that does not come from the volume, in bytes.
-DEVICE_SLACK_BYTES = 1024 * 1024
+# Allowed difference in peak allocated device memory that does not come from the volume, in
+# bytes: PyTorch's caching allocator rounds large blocks up to multiples of 2 MiB.
+DEVICE_SLACK_BYTES = 8 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_device_and_host_blending_agree():
 
 
 def peak_device_bytes(shape, accumulate: str) -> int:
-    scorer = build_patch_scorer(small_model(), CUDA, SpeedOptions())
+    scorer = build_patch_scorer(small_model(), CUDA, SpeedOptions(cudnn_benchmark=False))
     volume = np.zeros(shape, dtype=np.float32)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -84,7 +85,9 @@ def peak_device_bytes(shape, accumulate: str) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
-def test_device_memory_bounded_by_batch():
+def test_device_memory_bounded_by_batch(monkeypatch):
+    # cuDNN autotuning tries algorithms with different workspaces; fixed heuristics keep peaks comparable.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     small, large = (64, 64, 64), (64, 256, 256)
     extra_buffer = (np.prod(large) - np.prod(small)) * FLOAT32_BYTES
 
