@@ -143,7 +143,7 @@ def shard(items: list[BatchItem], rank: int, world_size: int) -> list[BatchItem]
 def is_complete(item: BatchItem) -> bool:
     """Return True when every output file of `item` exists and its map's header can be read.
 
-    Maps are written to a temporary file and renamed, so an existing map is whole; the
+    Maps are written to a temporary file and renamed, so an existing map is whole. The
     header check also rejects files that another tool left truncated.
     """
     extras = [path for path in (item.findings, item.preview) if path is not None]

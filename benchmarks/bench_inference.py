@@ -269,8 +269,8 @@ def run_monai_reference(result, loaded, device: torch.device, batch_size: int, b
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     scores = scores[0, 0].float().cpu().numpy()
 
-    # Our map is floored (scores below the floor raised to it) and, when the model asks for
-    # it, smoothed and floored again, so the reference gets the same steps.
+    # Our map is floored (scores below the floor raised to it) and, when the model's config
+    # sets score smoothing, smoothed and floored again. The reference gets the same steps.
     body = grid.body_mask
     floored = np.where(body, np.maximum(scores, result.floor), result.floor)
     smoothing_mm = getattr(config, "score_smoothing_mm", 0.0)
