@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from ScreenerCore import compute_anomaly_map, read_ct
+from ScreenerCore.cli.evaluate import intensity_baseline
 from ScreenerCore.metrics import auroc
 from ScreenerCore.preview import write_preview
 from ScreenerCore.registry import load_model
@@ -29,15 +30,9 @@ CASES = ("lung1", "lung2")
 MAX_FPR = 0.3
 
 
-def intensity_baseline(hu: np.ndarray) -> np.ndarray:
-    """Score -|HU - 40|: soft-tissue density ranks highest, so a tumour in lung or fat stands out."""
-    return -np.abs(hu - 40.0)
-
-
 def evaluate_case(case: str, eval_dir: Path, model, preview_dir: Path | None, top_percent: float) -> dict:
     image = read_ct(eval_dir / f"{case}_image.nrrd")
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(eval_dir / f"{case}_label.nrrd"))) > 0
-    hu = sitk.GetArrayFromImage(image)
 
     started = time.perf_counter()
     result = compute_anomaly_map(image, model, name=case)
@@ -51,7 +46,7 @@ def evaluate_case(case: str, eval_dir: Path, model, preview_dir: Path | None, to
         centre = result.anomaly_map.TransformContinuousIndexToPhysicalPoint(lesion.tolist())
         write_preview(image, result.anomaly_map, threshold, preview_dir / f"{case}_preview.png", centre)
 
-    baseline = intensity_baseline(hu)
+    baseline = intensity_baseline(image, case)
     return {
         "case": case,
         "lesion_ml": float(labels.sum() * np.prod(image.GetSpacing()) / 1000),

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ScreenerCore import compute_anomaly_map, read_ct, write_image
+from ScreenerCore.cli.evaluate import intensity_baseline
 from ScreenerCore.metrics import auroc
 from ScreenerCore.preprocessing import body_mask
 from ScreenerCore.registry import load_model
@@ -32,7 +33,7 @@ MAX_FPR = 0.3
 
 @dataclass
 class Site:
-    """Where lesions go and what they look like there."""
+    """A lesion site: its name and the lesions' mean HU range there."""
 
     name: str
     # Lesion mean HU is drawn from this range.
@@ -161,7 +162,7 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         image, labels, records = insert_lesions(read_ct(volume), args.lesions_per_site, rng)
         scores = sitk.GetArrayFromImage(compute_anomaly_map(image, model, name=volume).anomaly_map)
-        baseline = -np.abs(sitk.GetArrayFromImage(image) - 40.0)
+        baseline = intensity_baseline(image, volume)
         if args.ignore_mask:
             # Real lesions are neither synthetic positives nor normal tissue, so they leave the metric.
             keep = sitk.GetArrayFromImage(sitk.ReadImage(args.ignore_mask[number])) == 0
