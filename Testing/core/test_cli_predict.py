@@ -36,7 +36,8 @@ def test_predict_example_with_bundled_model(tmp_path):
     assert scores.max() > scores.min()
 
     preview = Image.open(tmp_path / "preview.png")
-    assert preview.width > 3 * 100 and preview.height > 100
+    assert preview.width > 3 * 100
+    assert preview.height > 100
     with open(tmp_path / "findings.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows, "expected at least one finding in the top 0.5 % on a CT with a 48 ml mass"
@@ -62,7 +63,8 @@ def test_predict_jsonl_progress(tmp_path, tiny_model_folder):
 def test_missing_input_is_a_clear_error(tmp_path):
     result = run_cli("predict", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "map.nii.gz"))
     assert result.returncode == 2
-    assert "nope.nii.gz" in result.stderr and "not found" in result.stderr
+    assert "nope.nii.gz" in result.stderr
+    assert "not found" in result.stderr
     assert not (tmp_path / "map.nii.gz").exists()
 
 

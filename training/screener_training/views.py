@@ -17,7 +17,7 @@ from .data import TrainingVolume
 
 @dataclass
 class ViewConfig:
-    """How positive pairs are cut and augmented."""
+    """Settings for cutting and augmenting positive pairs."""
 
     crop_size: int = 48
     positions_per_pair: int = 256
