@@ -90,6 +90,48 @@ def gather_arrays(array: np.ndarray, context: DistributedContext) -> np.ndarray:
     return np.concatenate(gathered)
 
 
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather of rows whose backward pass returns this rank's rows of the gradient summed over ranks.
+
+    Every rank computes the same loss over the gathered batch, so the gradient that reaches a
+    rank's own rows is the sum of the W identical gradients, W times the true one.
+    DistributedDataParallel then averages parameter gradients over the W ranks, which gives
+    exactly the gradient of that loss in a single process over the whole batch.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        world_size = dist.get_world_size()
+        gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(gathered, tensor.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        gradient = gradient.contiguous()
+        dist.all_reduce(gradient)
+        return gradient[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_gradient(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Concatenate `tensor` (N, ...) from every rank in rank order, keeping gradients to this rank's rows.
+
+    Used so that VICReg's variance and covariance and InfoNCE's negatives see the global batch,
+    not one rank's share of it. Every rank must pass the same N (all ranks run one stage
+    config, so they sample the same number of positions).
+    """
+    if not context.is_distributed:
+        return tensor
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(rows) for _ in range(context.world_size)]
+    dist.all_gather(counts, rows)
+    if len({int(count) for count in counts}) > 1:
+        raise RuntimeError(f"Ranks have different numbers of embeddings ({[int(c) for c in counts]}); "
+                           "every rank must use the same --positions and --volumes-per-step.")
+    return _GatherWithGradient.apply(tensor)
+
+
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()

@@ -16,7 +16,7 @@ from ScreenerCore.models.unet import build_net
 
 from .checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint
 from .data import TrainingVolume
-from .distributed import DistributedContext, barrier
+from .distributed import DistributedContext, barrier, gather_with_gradient
 from .losses import infonce_loss, vicreg_loss
 from .train import StageConfig, autocast_for, cosine_learning_rate, gather_positions, projector, rank_generator
 from .training_log import TrainingLog
@@ -54,8 +54,10 @@ def train_embedding_net(net_config: NetConfig, volumes: list[TrainingVolume], vi
 
     With views.mask_ratio > 0 each view is block-masked and the net takes 2 input channels
     (masked image and visibility): that trains the masking-invariant condition net.
-    Under torchrun each rank samples pairs from its own `volumes` with its own seed and
-    DistributedDataParallel averages the gradients. Returns the net in eval mode.
+    Under torchrun each rank samples pairs from its own `volumes` with its own seed, the loss
+    is computed over the embeddings of all ranks (VICReg statistics and InfoNCE negatives
+    over the global batch) and DistributedDataParallel averages the gradients. Returns the
+    net in eval mode.
     """
     context = context or DistributedContext()
     checkpoint = checkpoint or CheckpointConfig()
@@ -84,7 +86,8 @@ def train_embedding_net(net_config: NetConfig, volumes: list[TrainingVolume], vi
 
         with autocast_for(context.device, stage.mixed_precision):
             z1, z2 = trained(inputs, positions)
-        z1, z2 = z1.float(), z2.float()
+        # Under torchrun the loss sees every rank's positions: the global batch's statistics and negatives.
+        z1, z2 = gather_with_gradient(z1.float(), context), gather_with_gradient(z2.float(), context)
         if stage.objective == "vicreg":
             loss, terms = vicreg_loss(z1, z2, stage.vicreg)
         else:
