@@ -12,14 +12,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import ModelPackageError
-from .models import ScreenerModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import ScreenerModel
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,11 @@ def load_model_package(folder: str | os.PathLike, device: str | torch.device = "
         verify_checksums(folder, expected_sha256)
 
     config = read_config(folder)
+    # torch is imported here, not at the top, so listing and verifying packages works without it.
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from .models import ScreenerModel  # noqa: PLC0415
+
     model = ScreenerModel(config)
     parts = {"descriptor": model.descriptor, "density": model.density}
     if model.condition is not None:
@@ -204,6 +212,8 @@ def save_model_package(model: ScreenerModel, folder: str | os.PathLike, model_ca
     parts = {"descriptor": model.descriptor, "density": model.density}
     if model.condition is not None:
         parts["condition"] = model.condition
+    from safetensors.torch import save_file  # noqa: PLC0415 - torch only when writing weights
+
     for part, module in parts.items():
         state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
         save_file(state, str(folder / WEIGHT_FILES[part]), metadata={"screener_part": part})
