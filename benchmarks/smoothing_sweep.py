@@ -36,7 +36,7 @@ def cases():
         real = sitk.GetArrayFromImage(sitk.ReadImage(str(EVAL_DIR / f"{case}_label.nrrd"))) > 0
         yield case, image, real, np.ones_like(real)
         lesion_image, synthetic, _ = insert_lesions(image, 4, np.random.default_rng(0))
-        yield f"{case}+synthetic", lesion_image, synthetic, ~real
+        yield f"{case}+synthetic", lesion_image, synthetic > 0, ~real
 
 
 def main() -> None:

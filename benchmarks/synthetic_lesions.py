@@ -2,19 +2,21 @@
 
 Usage:
     python benchmarks/synthetic_lesions.py --volume CT [--volume CT ...] [--model NAME_OR_FOLDER]
-        [--ignore-mask MASK ...] [--lesions-per-site 4] [--seed 0] [--save DIR]
+        [--ignore-mask MASK ...] [--lesions-per-site 4] [--seed 0] [--save DIR] [--csv FILE]
 
 Lesions are blobs of 5 to 50 mm diameter with soft-tissue texture and soft edges, placed in
 lung, in soft tissue (liver, spleen, muscle) and in fat. Use only volumes the model was not
 trained on: a training CT left out of that model's training (leave-one-volume-out), or an
 evaluation CT with its real lesions passed as --ignore-mask. The script stops when a
 volume's file name appears in the model's provenance.training_data. Scores are voxel AUROC and AUROC up to FPR 0.3 over
-the whole volume, next to the intensity score -|HU - 40|.
+the whole volume, next to the intensity score -|HU - 40|, and per site (the lesions of one
+site against all lesion-free voxels).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,15 +108,18 @@ def pick_free_centre(candidates: np.ndarray, placed, radius_mm: float, spacing_z
 
 def insert_lesions(image: sitk.Image, lesions_per_site: int, rng: np.random.Generator
                    ) -> tuple[sitk.Image, np.ndarray, list[dict]]:
-    """Return a copy of `image` with lesions inserted, the boolean lesion mask, and one record per lesion."""
+    """Return a copy of `image` with lesions inserted, the lesion label map, and one record per lesion.
+
+    The label map is uint8: 0 outside lesions, k inside a lesion of SITES[k - 1].
+    """
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     spacing = np.array(image.GetSpacing()[::-1])
     candidates = site_candidates(hu, spacing)
-    labels = np.zeros(hu.shape, dtype=bool)
+    labels = np.zeros(hu.shape, dtype=np.uint8)
     placed: list[tuple[np.ndarray, float]] = []  # centre in mm (z, y, x) and radius in mm
     records = []
 
-    for site in SITES:
+    for code, site in enumerate(SITES, start=1):
         for _ in range(lesions_per_site):
             diameter = float(np.exp(rng.uniform(np.log(5.0), np.log(50.0))))
             centre = pick_free_centre(candidates[site.name], placed, diameter / 2, spacing, rng)
@@ -128,7 +133,7 @@ def insert_lesions(image: sitk.Image, lesions_per_site: int, rng: np.random.Gene
             texture *= 15.0 / max(float(texture.std()), 1e-6)
             lesion_hu = rng.uniform(*site.lesion_hu) + texture
             hu[box] = hu[box] * (1 - membership) + lesion_hu * membership
-            labels[box] |= membership > 0.5
+            labels[box][membership > 0.5] = code
             records.append({"site": site.name, "diameter_mm": round(diameter, 1),
                             "centre_index_zyx": centre.astype(int).tolist()})
 
@@ -137,7 +142,18 @@ def insert_lesions(image: sitk.Image, lesions_per_site: int, rng: np.random.Gene
     return result, labels, records
 
 
-def main() -> None:
+def site_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Return AUROC and AUROC up to FPR 0.3 over all lesions and per site (NaN for a site without lesions)."""
+    result = {"auroc": auroc(scores, labels > 0), "partial_auroc": auroc(scores, labels > 0, MAX_FPR)}
+    for code, site in enumerate(SITES, start=1):
+        # One site's lesions against lesion-free voxels; the other sites' lesions leave the metric.
+        keep = (labels == 0) | (labels == code)
+        positives = labels[keep] == code
+        result[f"auroc_{site.name}"] = auroc(scores[keep], positives) if positives.any() else float("nan")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume", action="append", required=True, help="held-out CT (repeat for several)")
     parser.add_argument("--ignore-mask", action="append", default=[],
@@ -146,7 +162,8 @@ def main() -> None:
     parser.add_argument("--lesions-per-site", type=int, default=4, help="lesions in each of lung, soft tissue, fat")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, default=None, help="folder for the lesion CTs, labels and maps")
-    args = parser.parse_args()
+    parser.add_argument("--csv", type=Path, default=None, help="also write one row per volume and scorer here")
+    args = parser.parse_args(argv)
 
     model = load_model(args.model)
     trained_on = set(model.config.provenance.get("training_data", []))
@@ -156,26 +173,40 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     if args.ignore_mask and len(args.ignore_mask) != len(args.volume):
         raise SystemExit("Give either no --ignore-mask or one per --volume.")
+    rows = []
     for number, volume in enumerate(args.volume):
         if Path(volume).name in trained_on:
             raise SystemExit(f"{volume} is in the model's training data; pick a held-out volume.")
         rng = np.random.default_rng(args.seed)
         image, labels, records = insert_lesions(read_ct(volume), args.lesions_per_site, rng)
-        scores = sitk.GetArrayFromImage(compute_anomaly_map(image, model, name=volume).anomaly_map)
+        anomaly_map = compute_anomaly_map(image, model, name=volume).anomaly_map
+        scores = sitk.GetArrayFromImage(anomaly_map)
         baseline = intensity_baseline(image, volume)
+        if args.save:
+            # Saved before real lesions are masked out, so the label map keeps the volume's shape.
+            stem = Path(volume).name.split(".")[0]
+            label_image = sitk.GetImageFromArray(labels)
+            label_image.CopyInformation(image)
+            for suffix, saved in (("lesions", image), ("lesions_label", label_image), ("lesions_map", anomaly_map)):
+                write_image(saved, args.save / f"{stem}_{suffix}.nii.gz")
         if args.ignore_mask:
             # Real lesions are neither synthetic positives nor normal tissue, so they leave the metric.
             keep = sitk.GetArrayFromImage(sitk.ReadImage(args.ignore_mask[number])) == 0
             scores, baseline, labels = scores[keep], baseline[keep], labels[keep]
-        print(f"| {Path(volume).name} | {len(records)} | {auroc(scores, labels):.3f} | "
-              f"{auroc(scores, labels, MAX_FPR):.3f} | {auroc(baseline, labels):.3f} | "
-              f"{auroc(baseline, labels, MAX_FPR):.3f} |")
-        if args.save:
-            stem = Path(volume).name.split(".")[0]
-            write_image(image, args.save / f"{stem}_lesions.nii.gz")
-            label_image = sitk.GetImageFromArray(labels.astype(np.uint8))
-            label_image.CopyInformation(image)
-            write_image(label_image, args.save / f"{stem}_lesions_label.nii.gz")
+        model_row, baseline_row = site_scores(scores, labels), site_scores(baseline, labels)
+        print(f"| {Path(volume).name} | {len(records)} | {model_row['auroc']:.3f} | "
+              f"{model_row['partial_auroc']:.3f} | {baseline_row['auroc']:.3f} | "
+              f"{baseline_row['partial_auroc']:.3f} |")
+        for scorer, values in (("model", model_row), ("intensity", baseline_row)):
+            rows.append({"volume": Path(volume).name, "scorer": scorer, "model": model.config.name,
+                         "lesions": len(records), **{key: f"{value:.4f}" for key, value in values.items()}})
+
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 if __name__ == "__main__":
