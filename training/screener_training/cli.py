@@ -1,10 +1,12 @@
-"""Command line for training: `screener-train descriptor|condition|density|export|run`.
+"""Command line for training: `screener-train descriptor|condition|density|export|run|pack`.
 
 The descriptor and condition stages are independent and can run in parallel. The
 density stage loads both from the work folder and fits the density. Export
 calibrates the scores and writes a model package, and the density stage exports
 too when --output is given. `run` runs all of them in turn. Every stage runs under
 torchrun for data-parallel training on several GPUs, nodes or CPU processes.
+`pack` preprocesses the training CTs once into one volume pack file (--output), which
+--data accepts in place of the CTs, for example on a GPU machine without the collection.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import sys
 import torch
 
 from .distributed import init_distributed, shutdown_distributed
-from .stages import run_density_stage, run_embedding_stage, run_export_stage
+from .stages import run_density_stage, run_embedding_stage, run_export_stage, run_pack_stage
 
 logger = logging.getLogger("screener_training")
 
-STAGES = ["descriptor", "condition", "density", "export", "run"]
+STAGES = ["descriptor", "condition", "density", "export", "run", "pack"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +88,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--condition-from", default=None,
                        help="work folder whose condition.safetensors the density and export stages use "
                             "(default --work-dir)")
-    group.add_argument("--output", help="model package folder written by the density, export and run stages")
+    group.add_argument("--output", help="model package folder written by the density, export and run stages, "
+                       "or the .npz file written by the pack stage")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: this rank's GPU when CUDA is available, else CPU")
     group.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()),
@@ -107,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="screener-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=STAGES,
-                        help="stage to run; 'run' runs descriptor, condition (when masked), density and export")
+                        help="stage to run; 'run' runs descriptor, condition (when masked), density and export; "
+                             "'pack' writes the preprocessed training volumes to one file")
     add_run_arguments(parser)
     add_model_arguments(parser)
     add_training_arguments(parser)
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.stage in ("export", "run") and not args.output:
+    if args.stage in ("export", "run", "pack") and not args.output:
         parser.error(f"--output is required for the {args.stage} stage")
     if args.resume and args.stage == "run":
         parser.error("--resume applies to one stage; resume each stage with its own command")
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             run_density_stage(args, context)
         if args.stage == "export":
             run_export_stage(args, context)
+        if args.stage == "pack":
+            run_pack_stage(args, context)
     finally:
         shutdown_distributed()
     return 0

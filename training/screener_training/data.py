@@ -18,6 +18,7 @@ from ScreenerCore.io import IMAGE_SUFFIXES, has_suffix, list_dicom_series, read_
 from ScreenerCore.preprocessing import to_model_grid
 
 from .distributed import shard
+from .packs import is_volume_pack, pack_volume_names, read_pack_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +93,32 @@ def load_training_volumes(sources: list[str | Path], config: PreprocessingConfig
                           cache_dir: Path | None = None, rank: int = 0, world_size: int = 1) -> list[TrainingVolume]:
     """Load every readable CT of this rank's shard of `sources`; unreadable ones are skipped with one logged reason each.
 
+    Sources may also name volume packs (see packs.py), whose volumes count as inputs each.
     The inputs are split round-robin over `world_size` ranks (see distributed.shard), so
     each rank of a torchrun job reads only its own files.
     """
+    # One entry per volume: (CT path, None), or (pack path, index) for a volume in a pack.
+    entries = []
+    for path in list_ct_sources(sources):
+        if is_volume_pack(path):
+            entries += [(path, index) for index in range(len(pack_volume_names(path)))]
+        else:
+            entries.append((path, None))
+
     volumes, skipped = [], 0
-    paths = shard(list_ct_sources(sources), rank, world_size)
-    for path in paths:
+    pack_indices: dict[Path, list[int]] = {}
+    for path, index in shard(entries, rank, world_size):
+        if index is not None:
+            pack_indices.setdefault(path, []).append(index)
+            continue
         try:
             volumes.append(load_training_volume(path, config, cache_dir))
         except (InputError, RuntimeError, OSError, ValueError) as error:
             skipped += 1
             logger.warning("Skipping training input %s: %s", path, error)
+    # A pack made for another grid raises instead of being skipped: every volume in it would be wrong.
+    for path, indices in pack_indices.items():
+        volumes += read_pack_volumes(path, config, indices)
     logger.info("Rank %d loaded %d training volumes, skipped %d unreadable", rank, len(volumes), skipped)
     if not volumes:
         raise InputError(f"No readable CT found for rank {rank} of {world_size} in {', '.join(map(str, sources))}.")

@@ -25,6 +25,7 @@ from ScreenerCore.preprocessing import hu_to_intensity
 from .checkpoint import CheckpointConfig
 from .data import TrainingVolume, load_training_volumes
 from .density_training import calibrate, train_density
+from .packs import write_volume_pack
 from .distributed import DistributedContext, barrier
 from .embedding_training import train_embedding_net
 from .losses import VicregWeights
@@ -157,6 +158,14 @@ def run_export_stage(args: argparse.Namespace, context: DistributedContext) -> N
     config = model_config_from_args(args)
     volumes = load_volumes(args, config, context)
     export_package(args, config, load_trained_model(args, config, with_density=True), volumes, context)
+
+
+def run_pack_stage(args: argparse.Namespace, context: DistributedContext) -> None:
+    """Preprocess every training CT onto the model grid and write them all to the pack file --output."""
+    if context.is_distributed:
+        raise SystemExit("The pack stage runs in one process; start it without torchrun.")
+    config = model_config_from_args(args)
+    write_volume_pack(load_volumes(args, config, context), config.preprocessing, args.output)
 
 
 def export_package(args: argparse.Namespace, config: ModelConfig, model: ScreenerModel,
