@@ -54,6 +54,10 @@ BUDGET = {
 logger = logging.getLogger("ablation")
 
 
+# Flags that only the condition net reads.
+MASKING_FLAGS = ("--mask-block-size", "--mask-ratio")
+
+
 @dataclass(frozen=True)
 class Row:
     """One configuration of the table."""
@@ -74,19 +78,25 @@ class Row:
 
     @property
     def descriptor_key(self) -> str:
-        # A row with its own flags trains its own descriptor, unless they only change the masking.
-        if self.extra and not self.masking_only:
-            return self.name
-        return f"{self.objective}{self.descriptor_dim}{self.spacing_suffix}"
+        """Work folder name of the row's descriptor; rows whose descriptor flags agree share it."""
+        return f"{self.objective}{self.descriptor_dim}{self.spacing_suffix}" + "".join(
+            f"-{token.lstrip('-')}" for token in self.descriptor_flags)
+
+    @property
+    def descriptor_flags(self) -> list[str]:
+        """The extra flags (with their values) that change the descriptor: all but the masking ones."""
+        flags, skip = [], False
+        for token in self.extra:
+            if token.startswith("--"):
+                skip = token in MASKING_FLAGS
+            if not skip:
+                flags.append(token)
+        return flags
 
     @property
     def condition_key(self) -> str:
         return f"condition-{self.name}" if self.extra else f"condition{self.spacing_suffix}"
 
-    @property
-    def masking_only(self) -> bool:
-        """Whether every extra flag is a masking flag, which only the condition net reads."""
-        return all(flag in ("--mask-block-size", "--mask-ratio") for flag in self.extra[::2])
 
 
 ROWS = [
@@ -107,6 +117,8 @@ ROWS = [
     Row("infonce32-none-gaussian-wide", "infonce", 32, "none", "gaussian", extra=("--channels", "16", "32", "64")),
     Row("infonce32-none-gaussian-long", "infonce", 32, "none", "gaussian",
         extra=("--descriptor-steps", "1000", "--density-steps", "600")),
+    # The larger crop with the masked condition net (its blocks grow with the crop to 12 voxels).
+    Row("infonce32-masked-gaussian-crop48", "infonce", 32, "masked", "gaussian", extra=("--crop-size", "48")),
     # Masking strength of the condition net: 16-voxel blocks (32 mm, half the crop) instead of the
     # default quarter of the crop, at 60 % and at 80 % hidden, so less of a lesion shows through.
     Row("infonce32-masked16-gaussian", "infonce", 32, "masked", "gaussian", extra=("--mask-block-size", "16")),
