@@ -27,3 +27,20 @@ def shared_ct_path(relative: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def tiny_model_config(name: str = "tiny-test-model"):
+    """Return the config of the tests' tiny model: 4 mm grid, 32-voxel patches, nets of widths 4 and 8.
+
+    Small enough that a randomly initialised model scores a CT crop in well under a second.
+    """
+    from ScreenerCore.config import ConditionConfig, ModelConfig, NetConfig, PreprocessingConfig  # noqa: PLC0415
+
+    config = ModelConfig(
+        name=name,
+        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(32, 32, 32), overlap=0.25),
+        descriptor=NetConfig(in_channels=1, out_channels=8, channels=(4, 8)),
+        condition=ConditionConfig(kind="masked", net=NetConfig(in_channels=2, out_channels=8, channels=(4, 8))),
+    )
+    config.density.hidden_channels = 8
+    return config

@@ -14,6 +14,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from screener_testdata import tiny_model_config
+
 # A small abdomen-pelvis CT at 3 mm, read in well under a second.
 ABDOMEN_CT = "train/abdomen_pelvis_totalseg.nii.gz"
 
@@ -35,17 +37,6 @@ def abdomen_crop() -> sitk.Image:
     return abdomen_crop_from(shared_ct_path(ABDOMEN_CT))
 
 
-def tiny_model_config():
-    from ScreenerCore.config import ConditionConfig, ModelConfig, NetConfig, PreprocessingConfig
-
-    config = ModelConfig(
-        name="tiny-input-test-model",
-        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), patch_size=(32, 32, 32), overlap=0.25),
-        descriptor=NetConfig(in_channels=1, out_channels=8, channels=(4, 8)),
-        condition=ConditionConfig(kind="masked", net=NetConfig(in_channels=2, out_channels=8, channels=(4, 8))),
-    )
-    config.density.hidden_channels = 8
-    return config
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +52,7 @@ def screening_model(tmp_path_factory, abdomen_crop):
     from ScreenerCore.pipeline import compute_anomaly_map
 
     torch.manual_seed(1)
-    config = tiny_model_config()
+    config = tiny_model_config("tiny-input-test-model")
     model = ScreenerModel(config).eval()
     folder = save_model_package(model, tmp_path_factory.mktemp("screening_model"))
 

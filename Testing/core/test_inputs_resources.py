@@ -147,7 +147,7 @@ MEMORY_PROBE = r"""
 import json, resource, sys, tempfile
 import numpy as np, SimpleITK as sitk, torch
 sys.path.insert(0, sys.argv[1])
-from ct_inputs import tiny_model_config
+from screener_testdata import tiny_model_config
 from ScreenerCore.models import ScreenerModel
 from ScreenerCore.package import load_model_package, save_model_package
 from ScreenerCore.pipeline import compute_anomaly_map
@@ -185,7 +185,7 @@ print(json.dumps(report))
 def test_memory_grows_with_volume_not_batch():
     # A fresh process, so earlier tests do not raise the peak that ru_maxrss reports.
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(TESTS_DIR)], capture_output=True,
+    completed = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(TESTS_DIR.parent)], capture_output=True,
                                text=True, env=environment, check=True)
     small, large = json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -221,7 +221,7 @@ def test_training_skips_bad_files(abdomen_crop, tmp_path, caplog):
     from screener_training.train import StageConfig, calibrate, train_embedding_net
     from screener_training.views import ViewConfig
 
-    from ct_inputs import tiny_model_config
+    from screener_testdata import tiny_model_config
 
     skipped = write_training_folder(tmp_path / "data", abdomen_crop)
     config = tiny_model_config()
