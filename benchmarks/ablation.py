@@ -117,6 +117,8 @@ ROWS = [
     Row("infonce32-none-gaussian-wide", "infonce", 32, "none", "gaussian", extra=("--channels", "16", "32", "64")),
     Row("infonce32-none-gaussian-long", "infonce", 32, "none", "gaussian",
         extra=("--descriptor-steps", "1000", "--density-steps", "600")),
+    # Still more context per training crop: 64 voxels (128 mm).
+    Row("infonce32-none-gaussian-crop64", "infonce", 32, "none", "gaussian", extra=("--crop-size", "64")),
     # The larger crop with the masked condition net (its blocks grow with the crop to 12 voxels).
     Row("infonce32-masked-gaussian-crop48", "infonce", 32, "masked", "gaussian", extra=("--crop-size", "48")),
     # Masking strength of the condition net: 16-voxel blocks (32 mm, half the crop) instead of the
