@@ -49,7 +49,9 @@ class BarReporter:
     def progress(self, stage: str, fraction: float) -> None:
         if stage == "inference":
             if self.bar is None:
-                self.bar = tqdm(total=100, desc="scoring patches", unit="%", file=sys.stderr)
+                # No rate in the bar: progress arrives as a fraction, so tqdm's rate would be per percent.
+                self.bar = tqdm(total=100, desc="scoring patches", file=sys.stderr,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed")
             self.bar.n = round(100 * fraction)
             self.bar.refresh()
         elif stage == "resample" and self.bar is not None:
