@@ -88,3 +88,40 @@ def test_cli_packs_then_trains_from_pack(small_ct_files, tmp_path):
     assert is_volume_pack(pack)
     assert (tmp_path / "train_work" / "descriptor.safetensors").is_file()
     assert len((tmp_path / "train_work" / "descriptor_log.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_corrupt_pack_rejected(pack_and_volumes, coarse_grid, tmp_path):
+    pack, _ = pack_and_volumes
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(pack.read_bytes()[:1000])
+
+    with pytest.raises(InputError, match="not a readable volume pack"):
+        load_training_volumes([corrupt], coarse_grid)
+
+
+def test_pack_found_in_folder(pack_and_volumes, coarse_grid):
+    pack, volumes = pack_and_volumes
+
+    loaded = load_training_volumes([pack.parent], coarse_grid)
+
+    assert sorted(volume.name for volume in loaded) == sorted(volume.name for volume in volumes)
+
+
+def test_cli_reports_grid_mismatch_without_traceback(pack_and_volumes, tmp_path, caplog):
+    pack, _ = pack_and_volumes
+
+    code = train_main(["descriptor", "--data", str(pack), "--work-dir", str(tmp_path), "--spacing", "5", "5", "5",
+                       "--descriptor-steps", "1", "--device", "cpu", "--threads", "1"])
+
+    assert code == 1
+    assert "spacing_mm is [6.0, 6.0, 6.0] in the pack but [5.0, 5.0, 5.0] here" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_cli_checks_pack_suffix_first(tmp_path, caplog):
+    # The data path does not exist: the suffix error must come before any attempt to read it.
+    code = train_main(["pack", "--data", str(tmp_path / "missing"), "--work-dir", str(tmp_path),
+                       "--output", str(tmp_path / "train.zip")])
+
+    assert code == 1
+    assert "must end in .npz" in caplog.text

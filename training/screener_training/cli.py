@@ -17,6 +17,8 @@ import sys
 
 import torch
 
+from ScreenerCore.errors import ScreenerError
+
 from .distributed import init_distributed, shutdown_distributed
 from .stages import run_density_stage, run_embedding_stage, run_export_stage, run_pack_stage
 
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             run_export_stage(args, context)
         if args.stage == "pack":
             run_pack_stage(args, context)
+    except ScreenerError as error:
+        # Bad input (a missing file, a pack for another grid): one line, not a traceback.
+        logger.error("%s", error)
+        return 1
     finally:
         shutdown_distributed()
     return 0

@@ -18,7 +18,7 @@ from ScreenerCore.io import IMAGE_SUFFIXES, has_suffix, list_dicom_series, read_
 from ScreenerCore.preprocessing import to_model_grid
 
 from .distributed import shard
-from .packs import is_volume_pack, pack_volume_names, read_pack_volumes
+from .packs import PACK_SUFFIX, is_volume_pack, pack_volume_names, read_pack_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def list_ct_sources(sources: list[str | Path]) -> list[Path]:
                     found.append(path if path.is_absolute() else source.parent / path)
         elif source.is_dir():
             for path in sorted(source.rglob("*")):
-                if path.is_file() and has_suffix(path, IMAGE_SUFFIXES):
+                if path.is_file() and (has_suffix(path, IMAGE_SUFFIXES) or is_volume_pack(path)):
                     found.append(path)
                 elif path.is_dir() and list_dicom_series(path):
                     found.append(path)
@@ -102,6 +102,9 @@ def load_training_volumes(sources: list[str | Path], config: PreprocessingConfig
     for path in list_ct_sources(sources):
         if is_volume_pack(path):
             entries += [(path, index) for index in range(len(pack_volume_names(path)))]
+        elif path.suffix.lower() == PACK_SUFFIX:
+            raise InputError(f"'{path}' is not a readable volume pack: it is corrupt, truncated or another .npz "
+                             "file. Make it again with 'screener-train pack'.")
         else:
             entries.append((path, None))
 

@@ -50,8 +50,7 @@ def is_volume_pack(path: Path) -> bool:
 def write_volume_pack(volumes, config: PreprocessingConfig, path: str | os.PathLike) -> Path:
     """Write `volumes` (TrainingVolume objects on `config`'s grid) to one compressed pack file."""
     path = Path(path)
-    if path.suffix.lower() != PACK_SUFFIX:
-        raise InputError(f"Pack file '{path}' must end in {PACK_SUFFIX}.")
+    check_pack_suffix(path)
     arrays = {"format": np.array(FORMAT), "names": np.array([volume.name for volume in volumes]),
               "preprocessing": np.array(json.dumps(grid_settings(config), sort_keys=True))}
     for index, volume in enumerate(volumes):
@@ -68,6 +67,11 @@ def write_volume_pack(volumes, config: PreprocessingConfig, path: str | os.PathL
     return path
 
 
+def check_pack_suffix(path: Path) -> None:
+    if path.suffix.lower() != PACK_SUFFIX:
+        raise InputError(f"Pack file '{path}' must end in {PACK_SUFFIX}.")
+
+
 def pack_volume_names(path: Path) -> list[str]:
     with np.load(path) as data:
         return [str(name) for name in data["names"]]
@@ -82,9 +86,10 @@ def read_pack_volumes(path: Path, config: PreprocessingConfig, indices: list[int
         expected = grid_settings(config)
         if stored != expected:
             differing = sorted(key for key in expected if stored.get(key) != expected[key])
-            raise InputError(f"Volume pack '{path}' was made with other preprocessing ({', '.join(differing)}: "
-                             f"{[stored.get(key) for key in differing]}); make a new pack with "
-                             "'screener-train pack' and this model's settings.")
+            details = "; ".join(f"{key} is {stored.get(key)} in the pack but {expected[key]} here" for key in differing)
+            raise InputError(f"Volume pack '{path}' was made with other preprocessing ({details}). Train with the "
+                             "pack's settings (for example --spacing), or make a new pack with 'screener-train pack' "
+                             "and this model's settings.")
         names = [str(name) for name in data["names"]]
         return [TrainingVolume(names[index], data[f"intensity_{index}"].astype(np.float32),
                                data[f"body_mask_{index}"], tuple(data[f"origin_mm_{index}"].tolist()),

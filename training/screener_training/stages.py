@@ -25,7 +25,7 @@ from ScreenerCore.preprocessing import hu_to_intensity
 from .checkpoint import CheckpointConfig
 from .data import TrainingVolume, load_training_volumes
 from .density_training import calibrate, train_density
-from .packs import write_volume_pack
+from .packs import check_pack_suffix, write_volume_pack
 from .distributed import DistributedContext, barrier
 from .embedding_training import train_embedding_net
 from .losses import VicregWeights
@@ -164,6 +164,8 @@ def run_pack_stage(args: argparse.Namespace, context: DistributedContext) -> Non
     """Preprocess every training CT onto the model grid and write them all to the pack file --output."""
     if context.is_distributed:
         raise SystemExit("The pack stage runs in one process; start it without torchrun.")
+    # Checked before any CT is read, which can take minutes for a large collection.
+    check_pack_suffix(Path(args.output))
     config = model_config_from_args(args)
     write_volume_pack(load_volumes(args, config, context), config.preprocessing, args.output)
 
