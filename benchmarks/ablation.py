@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -166,11 +167,17 @@ def budget_flags() -> list[str]:
     return [item for flag, value in BUDGET.items() for item in (flag, *value.split())]
 
 
+def installed_command(name: str) -> str:
+    """Return `name` when it is on PATH, else its path beside this Python (a venv not activated)."""
+    beside = Path(sys.executable).with_name(name)
+    return name if shutil.which(name) or not beside.is_file() else str(beside)
+
+
 def train_command(stage: str, row: Row, work: Path, cache: Path, threads: int, extra: list[str],
                   data: list[str] | None = None) -> list[str]:
     """Return the screener-train command of one stage; `data` defaults to all training CTs."""
     data = data or [str(SHARED_CT / "train")]
-    return ["screener-train", stage, "--data", *data, "--work-dir", str(work),
+    return [installed_command("screener-train"), stage, "--data", *data, "--work-dir", str(work),
             "--cache-dir", str(cache), "--threads", str(threads), "--device", "cpu", "--log-every", "10",
             "--objective", row.objective, "--descriptor-dim", str(row.descriptor_dim), "--condition", row.condition,
             "--density", row.density, "--spacing", *[f"{row.spacing_mm:g}"] * 3, "--name", f"ablation-{row.name}",
@@ -179,7 +186,7 @@ def train_command(stage: str, row: Row, work: Path, cache: Path, threads: int, e
 
 def evaluate_command(name: str, package: Path | None, results: Path) -> list[str]:
     scorer = ["--baseline", "intensity"] if package is None else ["--model", str(package), "--device", "cpu"]
-    return ["screener", "evaluate", str(SHARED_CT / "eval"), *scorer, "--name", name,
+    return [installed_command("screener"), "evaluate", str(SHARED_CT / "eval"), *scorer, "--name", name,
             "--csv", str(results / f"{name}.csv")]
 
 

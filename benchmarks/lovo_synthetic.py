@@ -110,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.configurations if name not in by_name]
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    # Every host is checked before the first one trains for minutes.
+    held_out = {host: training_files(host) for host in args.hosts}
     args.results.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.threads, args.results / "lovo.log")
     cache = args.cache_dir or args.work_root / "cache"
 
-    for host in args.hosts:
-        host_file, data = training_files(host)
+    for host, (host_file, data) in held_out.items():
         for name in args.configurations:
             package = train_held_out(by_name[name], host, data, runner, args.work_root, cache)
             output = args.results / f"{host}__{name}.csv"

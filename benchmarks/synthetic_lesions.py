@@ -167,18 +167,26 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_model(args.model)
     trained_on = set(model.config.provenance.get("training_data", []))
+    if args.ignore_mask and len(args.ignore_mask) != len(args.volume):
+        raise SystemExit("Give either no --ignore-mask or one per --volume.")
+    for volume in args.volume:
+        if Path(volume).name in trained_on:
+            raise SystemExit(f"{volume} is in the model's training data; pick a held-out volume.")
     print(f"Model: {model.config.name} ({model.folder})")
     print()
     print("| volume | lesions | AUROC | AUROC up to FPR 0.3 | -abs(HU-40) AUROC | -abs(HU-40) up to FPR 0.3 |")
     print("|---|---|---|---|---|---|")
-    if args.ignore_mask and len(args.ignore_mask) != len(args.volume):
-        raise SystemExit("Give either no --ignore-mask or one per --volume.")
     rows = []
     for number, volume in enumerate(args.volume):
-        if Path(volume).name in trained_on:
-            raise SystemExit(f"{volume} is in the model's training data; pick a held-out volume.")
+        host = read_ct(volume)
+        ignore = None
+        if args.ignore_mask:
+            ignore = sitk.GetArrayFromImage(sitk.ReadImage(args.ignore_mask[number])) != 0
+            if ignore.shape != sitk.GetArrayViewFromImage(host).shape:
+                raise SystemExit(f"--ignore-mask {args.ignore_mask[number]} has another grid than {volume}; "
+                                 "give the label map of that volume.")
         rng = np.random.default_rng(args.seed)
-        image, labels, records = insert_lesions(read_ct(volume), args.lesions_per_site, rng)
+        image, labels, records = insert_lesions(host, args.lesions_per_site, rng)
         anomaly_map = compute_anomaly_map(image, model, name=volume).anomaly_map
         scores = sitk.GetArrayFromImage(anomaly_map)
         baseline = intensity_baseline(image, volume)
@@ -189,16 +197,17 @@ def main(argv: list[str] | None = None) -> None:
             label_image.CopyInformation(image)
             for suffix, saved in (("lesions", image), ("lesions_label", label_image), ("lesions_map", anomaly_map)):
                 write_image(saved, args.save / f"{stem}_{suffix}.nii.gz")
-        if args.ignore_mask:
+        if ignore is not None:
             # Real lesions are neither synthetic positives nor normal tissue, so they leave the metric.
-            keep = sitk.GetArrayFromImage(sitk.ReadImage(args.ignore_mask[number])) == 0
+            keep = ~ignore
             scores, baseline, labels = scores[keep], baseline[keep], labels[keep]
         model_row, baseline_row = site_scores(scores, labels), site_scores(baseline, labels)
         print(f"| {Path(volume).name} | {len(records)} | {model_row['auroc']:.3f} | "
               f"{model_row['partial_auroc']:.3f} | {baseline_row['auroc']:.3f} | "
               f"{baseline_row['partial_auroc']:.3f} |")
         for scorer, values in (("model", model_row), ("intensity", baseline_row)):
-            rows.append({"volume": Path(volume).name, "scorer": scorer, "model": model.config.name,
+            rows.append({"volume": Path(volume).name, "scorer": scorer,
+                         "model": model.config.name if scorer == "model" else "-",
                          "lesions": len(records), **{key: f"{value:.4f}" for key, value in values.items()}})
 
     if args.csv:
