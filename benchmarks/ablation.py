@@ -190,15 +190,20 @@ def evaluate_command(name: str, package: Path | None, results: Path) -> list[str
             "--csv", str(results / f"{name}.csv")]
 
 
-def run_row(row: Row, runner: Runner, work_root: Path, cache: Path, results: Path, commands: list[dict]) -> dict:
-    """Train what the row needs (shared stages once), export, evaluate; return its stage times."""
+def train_row(row: Row, runner: Runner, work_root: Path, cache: Path, commands: list[dict],
+              data: list[str] | None = None) -> tuple[Path, dict]:
+    """Train the row's stages under `work_root` (shared stages once) and export its package.
+
+    `data` defaults to all training CTs. Each command is appended to `commands`. Returns the
+    package folder and the wall time of each stage.
+    """
     descriptor_work = work_root / row.descriptor_key
     condition_work = work_root / row.condition_key
     row_work = work_root / row.name
     package = row_work / "package"
     times = {}
 
-    command = train_command("descriptor", row, descriptor_work, cache, runner.threads, [])
+    command = train_command("descriptor", row, descriptor_work, cache, runner.threads, [], data)
     times["descriptor"] = runner.run(command, descriptor_work / "descriptor.safetensors",
                                      descriptor_work / "descriptor.wall_s")
     commands.append({"row": row.name, "stage": "descriptor", "command": shlex.join(command),
@@ -206,7 +211,7 @@ def run_row(row: Row, runner: Runner, work_root: Path, cache: Path, results: Pat
     if row.condition == "masked":
         # The condition net does not depend on the descriptor, so every masked row shares one.
         condition_row = dataclasses.replace(CONDITION_ROW, spacing_mm=row.spacing_mm, extra=row.extra)
-        command = train_command("condition", condition_row, condition_work, cache, runner.threads, [])
+        command = train_command("condition", condition_row, condition_work, cache, runner.threads, [], data)
         times["condition"] = runner.run(command, condition_work / "condition.safetensors",
                                         condition_work / "condition.wall_s")
         commands.append({"row": row.name, "stage": "condition", "command": shlex.join(command),
@@ -214,13 +219,19 @@ def run_row(row: Row, runner: Runner, work_root: Path, cache: Path, results: Pat
 
     command = train_command("density", row, row_work, cache, runner.threads,
                             ["--descriptor-from", str(descriptor_work), "--condition-from", str(condition_work),
-                             "--output", str(package)])
+                             "--output", str(package)], data)
     times["density"] = runner.run(command, package / "checksums.json", row_work / "density.wall_s")
     commands.append({"row": row.name, "stage": "density and export", "command": shlex.join(command),
                      "seconds": times["density"]})
+    return package, times
+
+
+def run_row(row: Row, runner: Runner, work_root: Path, cache: Path, results: Path, commands: list[dict]) -> dict:
+    """Train what the row needs, export, evaluate; return its stage times."""
+    package, times = train_row(row, runner, work_root, cache, commands)
 
     command = evaluate_command(row.name, package, results)
-    times["evaluate"] = runner.run(command, results / f"{row.name}.csv", row_work / "evaluate.wall_s")
+    times["evaluate"] = runner.run(command, results / f"{row.name}.csv", work_root / row.name / "evaluate.wall_s")
     commands.append({"row": row.name, "stage": "evaluate", "command": shlex.join(command),
                      "seconds": times["evaluate"]})
     return times

@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ablation import ROWS, SHARED_CT, Row, Runner, train_command
+from ablation import ROWS, SHARED_CT, Runner, train_row
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # One chest CT (lung, mediastinum, chest wall) and one upper-abdomen CT (liver, muscle, fat).
@@ -41,24 +41,6 @@ def training_files(host: str) -> tuple[Path, list[str]]:
         raise SystemExit(f"Host '{host}' is not a training CT; choose one of "
                          f"{', '.join(path.name.split('.')[0] for path in files)}.")
     return hosts[0], [str(path) for path in files if path != hosts[0]]
-
-
-def train_held_out(row: Row, host: str, data: list[str], runner: Runner, work_root: Path, cache: Path) -> Path:
-    """Train the row's stages on `data` (every CT but the host) and return its package folder."""
-    work = work_root / host
-    descriptor_work = work / row.descriptor_key
-    condition_work = work / row.condition_key
-    package = work / row.name / "package"
-
-    runner.run(train_command("descriptor", row, descriptor_work, cache, runner.threads, [], data),
-               descriptor_work / "descriptor.safetensors", descriptor_work / "descriptor.wall_s")
-    if row.condition == "masked":
-        runner.run(train_command("condition", row, condition_work, cache, runner.threads, [], data),
-                   condition_work / "condition.safetensors", condition_work / "condition.wall_s")
-    extra = ["--descriptor-from", str(descriptor_work), "--condition-from", str(condition_work), "--output", str(package)]
-    runner.run(train_command("density", row, work / row.name, cache, runner.threads, extra, data),
-               package / "checksums.json", work / row.name / "density.wall_s")
-    return package
 
 
 def write_tables(results: Path, csv_files: list[Path]) -> None:
@@ -118,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for host, (host_file, data) in held_out.items():
         for name in args.configurations:
-            package = train_held_out(by_name[name], host, data, runner, args.work_root, cache)
+            # Every CT but the host: the host's stages get their own work folder.
+            package, _ = train_row(by_name[name], runner, args.work_root / host, cache, [], data)
             output = args.results / f"{host}__{name}.csv"
             command = [sys.executable, str(REPO_ROOT / "benchmarks" / "synthetic_lesions.py"),
                        "--volume", str(host_file), "--model", str(package), "--csv", str(output)]
