@@ -86,7 +86,7 @@ def train_embedding_net(net_config: NetConfig, volumes: list[TrainingVolume], vi
 
         with autocast_for(context.device, stage.mixed_precision):
             z1, z2 = trained(inputs, positions)
-        # Under torchrun the loss sees every rank's positions: the global batch's statistics and negatives.
+        # Under torchrun the loss is computed over every rank's positions, so its statistics and negatives are global.
         z1, z2 = gather_with_gradient(z1.float(), context), gather_with_gradient(z2.float(), context)
         if stage.objective == "vicreg":
             loss, terms = vicreg_loss(z1, z2, stage.vicreg)

@@ -25,11 +25,11 @@ from ScreenerCore.preprocessing import hu_to_intensity
 from .checkpoint import CheckpointConfig
 from .data import TrainingVolume, load_training_volumes
 from .density_training import calibrate, train_density
-from .packs import check_pack_suffix, write_volume_pack
 from .distributed import DistributedContext, barrier
 from .embedding_training import train_embedding_net
 from .losses import VicregWeights
 from .model_card import write_model_card
+from .packs import check_pack_suffix, write_volume_pack
 from .train import StageConfig
 from .views import ViewConfig
 
